@@ -1,0 +1,145 @@
+"""Text embeddings of term lists: computed once per (CLIP weights, list content), cached on disk.
+
+A cache file holds one list's unit-length embeddings in fp16 (as the reference stores them, so rankings match it)
+plus what they were made from. Files are written to a temp name and renamed, so a crash or a cancel never leaves a
+half-written cache; a corrupt, truncated or stale file is rebuilt with a warning.
+"""
+
+import hashlib
+import os
+import re
+import tempfile
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .progress import ProgressHook
+from .vocab import Vocabulary
+
+FORMAT = "1"
+
+
+def labels_hash(labels: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(labels).encode("utf-8")).hexdigest()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+class EmbeddingCache:
+    """Safetensors files under ``root/<model>/<list>.safetensors``; ``root=None`` keeps nothing on disk."""
+
+    def __init__(self, root: Optional[str]):
+        self.root = root
+
+    def path(self, model_name: str, model_key: str, list_name: str) -> Optional[str]:
+        if not self.root:
+            return None
+        return os.path.join(self.root, f"{_slug(model_name)}_{model_key}", f"{_slug(list_name)}.safetensors")
+
+    def load(self, path: Optional[str], meta: Dict[str, str]) -> Optional[torch.Tensor]:
+        if not path or not os.path.exists(path):
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as file:
+                stored = file.metadata() or {}
+                embeds = file.get_tensor("embeds")
+        except Exception as error:  # safetensors raises several types for damaged files
+            warnings.warn(f"embedding cache {path} is unreadable ({error}); rebuilding it.")
+            return None
+        if any(stored.get(k) != v for k, v in meta.items()) or embeds.ndim != 2 \
+                or embeds.shape[0] != int(meta["count"]):
+            warnings.warn(f"embedding cache {path} was made from other labels or weights; rebuilding it.")
+            return None
+        return embeds
+
+    def save(self, path: Optional[str], embeds: torch.Tensor, meta: Dict[str, str]) -> None:
+        if not path:
+            return
+        from safetensors.torch import save_file
+
+        folder = os.path.dirname(path)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+            os.close(fd)
+            try:
+                save_file({"embeds": embeds.contiguous()}, tmp, metadata=meta)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        except OSError as error:
+            warnings.warn(f"cannot write embedding cache {path} ({error}); embeddings are kept in memory only.")
+
+
+def embed_labels(encoder, labels: List[str], cache: EmbeddingCache, list_name: str,
+                 hook: Optional[ProgressHook] = None) -> torch.Tensor:
+    """fp16 unit-length embeddings of ``labels`` on the CPU, from the cache when it matches."""
+    clip = encoder.clip
+    meta = {"format": FORMAT, "model": clip.name, "model_key": clip.key, "dtype": str(clip.dtype),
+            "labels_sha256": labels_hash(labels), "count": str(len(labels))}
+    path = cache.path(clip.name, f"{clip.key}_{str(clip.dtype).replace('torch.', '')}", list_name)
+    embeds = cache.load(path, meta)
+    if embeds is None:
+        embeds = encoder.encode(labels, hook, f"Embedding {list_name}").half().cpu()
+        cache.save(path, embeds, meta)
+    return embeds
+
+
+class LabelIndex:
+    """Every label of a vocabulary, embedded by one CLIP model, as one matrix with a row range per list.
+
+    Pool lists come first and negative lists last, so the pool the fast and best modes rank is one contiguous
+    block, scored with one matrix product exactly as the reference scores its merged table.
+    """
+
+    def __init__(self, vocab: Vocabulary, encoder, cache: EmbeddingCache, hook: Optional[ProgressHook] = None):
+        ordered = [tl for tl in vocab.lists if tl.role != "negative"] + vocab.by_role("negative")
+        self.labels: List[str] = []
+        self.spans: Dict[str, Tuple[int, int]] = {}
+        blocks = []
+        for term_list in ordered:
+            labels = term_list.labels
+            self.spans[term_list.name] = (len(self.labels), len(self.labels) + len(labels))
+            self.labels.extend(labels)
+            blocks.append(embed_labels(encoder, labels, cache, term_list.name, hook))
+        self.embeds = torch.cat(blocks) if blocks else torch.empty(0, encoder._output_dim(), dtype=torch.float16)
+        self._whole: Dict[str, torch.Tensor] = {}
+        self._gathered: Dict[Tuple, torch.Tensor] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return self.embeds.numel() * self.embeds.element_size()
+
+    def rows(self, names: Sequence[str], device: torch.device) -> Tuple[List[str], torch.Tensor]:
+        """Labels and scoring matrix of some lists: a view when they are adjacent, else a gathered copy.
+
+        Scores are float32 on the CPU (as the reference ranks there) and fp16 on accelerators (half the memory).
+        """
+        spans = sorted(self.spans[n] for n in names if n in self.spans)
+        index = [i for a, b in spans for i in range(a, b)]
+        labels = [self.labels[i] for i in index]
+        if not index:
+            return labels, self._matrix(device)[:0]
+        if index == list(range(index[0], index[-1] + 1)):
+            return labels, self._matrix(device)[index[0]:index[-1] + 1]
+        key = (str(device), tuple(spans))
+        if key not in self._gathered:
+            self._gathered[key] = self._matrix(device)[index]
+        return labels, self._gathered[key]
+
+    def _matrix(self, device) -> torch.Tensor:
+        key = str(device)
+        if key not in self._whole:
+            dtype = torch.float32 if torch.device(device).type == "cpu" else torch.float16
+            self._whole[key] = self.embeds.to(device, dtype)
+        return self._whole[key]
+
+    def release(self) -> None:
+        """Drop the scoring matrices; the CPU fp16 copy stays, and they are rebuilt on next use."""
+        self._whole, self._gathered = {}, {}

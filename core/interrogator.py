@@ -1,0 +1,276 @@
+"""Image -> prompt: the reference's modes (fast, classic, best, negative) plus style-only and analysis.
+
+Every algorithm follows clip-interrogator 0.6.0 step by step; where we deliberately differ, a ``Settings`` field
+names the difference and ``Settings.reference()`` switches back to the reference's behaviour.
+"""
+
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .embeddings import EmbeddingCache, LabelIndex
+from .errors import InterrogatorError
+from .images import as_pil_list
+from .progress import ProgressHook, Steps
+from .text_encoder import TextEncoder
+from .vocab import Vocabulary
+
+MODES = ("fast", "classic", "best", "negative", "style")
+
+
+@dataclass(frozen=True)
+class Settings:
+    flavor_intermediate_count: int = 2048  # candidates the chain searches
+    min_flavors: int = 8  # chain steps taken even when they lower the similarity
+    max_flavors: int = 32
+    classic_flavors: int = 3
+    # Ours: prompts never exceed the text encoder's context, so nothing the encoder drops is in the prompt.
+    # Reference: its chain may append a term the encoder truncates, and its fit check ignores the ", ".
+    fit_token_budget: bool = True
+    # Ours: negative mode compares negated similarities throughout. Reference: its first score keeps its sign.
+    fix_negative_sign: bool = True
+    # Ours (None): exact top-k. Reference: ranks tables longer than its chunk_size (2048) approximately, per chunk.
+    approx_topk_chunk: Optional[int] = None
+
+    @classmethod
+    def reference(cls, **overrides) -> "Settings":
+        return replace(cls(fit_token_budget=False, fix_negative_sign=False, approx_topk_chunk=2048), **overrides)
+
+
+Captions = Union[None, str, Sequence[Optional[str]]]
+
+
+class Interrogator:
+    """Turns images into prompts with one CLIP model, an optional caption model and a vocabulary."""
+
+    def __init__(self, clip, captioner=None, vocab: Optional[Vocabulary] = None, *, cache_dir: Optional[str] = None,
+                 settings: Settings = Settings(), progress: Optional[ProgressHook] = None):
+        self.clip = clip
+        self.captioner = captioner
+        self.vocab = vocab if vocab is not None else Vocabulary.builtin()
+        self.settings = settings
+        self.progress = progress
+        self.encoder = TextEncoder(clip)
+        self.cache = EmbeddingCache(cache_dir)
+        self._index: Optional[LabelIndex] = None
+
+    # -- public API ----------------------------------------------------------------------------------------------
+    @property
+    def index(self) -> LabelIndex:
+        """All labels embedded (built on first use, from the disk cache when it matches)."""
+        if self._index is None:
+            self._index = LabelIndex(self.vocab, self.encoder, self.cache, self.progress)
+        return self._index
+
+    def caption(self, images) -> List[str]:
+        images = as_pil_list(images)
+        if self.captioner is None:
+            raise InterrogatorError("no caption model is loaded; load one or pass the caption text in.")
+        return self.captioner.caption(images, self.progress)
+
+    def interrogate(self, images, mode: str = "best", captions: Captions = None,
+                    max_flavors: Optional[int] = None) -> List[str]:
+        """One prompt per image. ``captions``: None (caption model), one text for all, or one per image."""
+        if mode not in MODES:
+            raise InterrogatorError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+        images = as_pil_list(images)
+        texts = self._captions(images, captions) if mode in ("fast", "classic", "best") else [""] * len(images)
+        features = self.clip.encode_images(images)
+        run = getattr(self, f"_{mode}")
+        steps = Steps(self.progress if len(images) > 1 else None, len(images), f"Interrogating ({mode})")
+        prompts = []
+        for i in range(len(images)):
+            prompts.append(run(features[i:i + 1], texts[i], max_flavors))
+            steps.advance()
+        return prompts
+
+    def analyze(self, images, top: int = 5) -> List[Dict[str, List[Tuple[str, float]]]]:
+        """Per image and list, the ``top`` best labels with their cosine similarity to the image."""
+        features = self.clip.encode_images(as_pil_list(images))
+        return [{name: self._rank(features[i:i + 1], [name], top, scores=True) for name in self.index.spans}
+                for i in range(len(features))]
+
+    # -- modes ---------------------------------------------------------------------------------------------------
+    def _fast(self, features, caption: str, max_flavors: Optional[int]) -> str:
+        tops = self._rank(features, self._pool, max_flavors or self.settings.max_flavors)
+        return self._fit(", ".join([caption, *tops]) if caption else ", ".join(tops))
+
+    def _classic(self, features, caption: str, max_flavors: Optional[int]) -> str:
+        top = lambda role, k=1: ", ".join(self._rank(features, self._names(role), k))
+        medium, artist, trending, movement = (top(r) for r in ("medium", "artist", "site", "movement"))
+        flavors = top("flavor", max_flavors or self.settings.classic_flavors)
+        if medium and caption.startswith(medium):
+            head = f"{caption} {artist}" if artist else caption
+        else:
+            head = ", ".join(p for p in (caption, " ".join(p for p in (medium, artist) if p)) if p)
+        return self._fit(", ".join(p for p in (head, trending, movement, flavors) if p))
+
+    def _best(self, features, caption: str, max_flavors: Optional[int]) -> str:
+        max_flavors = max_flavors or self.settings.max_flavors
+        flavors = self._rank(features, self._pool, self.settings.flavor_intermediate_count)
+        chained = self._chain(features, flavors, caption, self._similarities(features, [caption])[0],
+                              self.settings.min_flavors, max_flavors, "Flavor chain")
+        candidates = [caption, self._classic(features, caption, max_flavors),
+                      self._fast(features, caption, max_flavors), chained]
+        scores = self._similarities(features, candidates)
+        return candidates[max(range(len(scores)), key=lambda i: (scores[i], -i))]
+
+    def _negative(self, features, _caption: str, max_flavors: Optional[int]) -> str:
+        flavors = self._rank(features, self._names("flavor"), self.settings.flavor_intermediate_count, reverse=True)
+        negatives = [label for name in self._names("negative") for label in self._list_labels(name)]
+        return self._chain(features, flavors + negatives, "", 0.0, self.settings.min_flavors,
+                           max_flavors or self.settings.max_flavors, "Negative chain", reverse=True)
+
+    def _style(self, features, _caption: str, max_flavors: Optional[int]) -> str:
+        """Medium, artist, movement and the flavors that best extend them: a look without a subject."""
+        style = {tl.name for tl in self.vocab.style}
+        pick = lambda role: ", ".join(self._rank(features, [n for n in self._names(role) if n in style], 1))
+        medium, artist, movement = pick("medium"), pick("artist"), pick("movement")
+        head = ", ".join(p for p in (" ".join(p for p in (medium, artist) if p), movement) if p)
+        flavors = self._rank(features, [n for n in self._names("flavor") if n in style],
+                             self.settings.flavor_intermediate_count)
+        start = head or ""
+        sim = self._similarities(features, [start])[0] if start else 0.0
+        return self._chain(features, flavors, start, sim, 0, max_flavors or self.settings.classic_flavors * 2,
+                           "Style chain")
+
+    # -- the greedy chain ----------------------------------------------------------------------------------------
+    def _chain(self, features, phrases: List[str], best_prompt: str, best_sim: float, min_count: int,
+               max_count: int, desc: str, reverse: bool = False) -> str:
+        """Greedily append the phrase that most raises (``reverse``: lowers) the prompt's similarity.
+
+        Candidates are kept in a ``set`` and visited in its order, as the reference does, so exact ties (which
+        truncation produces) resolve to the same phrase.
+        """
+        sign = -1.0 if reverse else 1.0
+        phrases = set(phrases)
+        if not phrases:
+            return best_prompt
+        if not best_prompt:
+            candidates = list(phrases)
+            scores = sign * self._similarities_tensor(features, candidates)
+            best_prompt = candidates[int(scores.argmax())]
+            best_sim = self._similarities(features, [best_prompt])[0]
+            if reverse and self.settings.fix_negative_sign:
+                best_sim = -best_sim
+            phrases.remove(best_prompt)
+        current, current_sim = best_prompt, best_sim
+        steps = Steps(self.progress, max_count, desc)
+        for idx in range(max_count):
+            candidates = self._chain_candidates(current, phrases)
+            if not candidates:
+                break
+            scores = sign * self._chain_scores(features, current, candidates)
+            flavor = candidates[int(scores.argmax())]
+            prompt = f"{current}, {flavor}"
+            sim = sign * self._similarities(features, [prompt])[0]
+            if sim > best_sim:
+                best_prompt, best_sim = prompt, sim
+            steps.advance()
+            if not (sim > current_sim or idx < min_count):
+                break
+            current, current_sim = prompt, sim
+            if not self.settings.fit_token_budget and self.encoder.at_max_length(current):
+                break
+            phrases.remove(flavor)
+        steps.finish()
+        return best_prompt
+
+    def _chain_candidates(self, current: str, phrases) -> List[str]:
+        candidates = list(phrases)
+        if self.settings.fit_token_budget:
+            room = self.encoder.context_length - self.encoder.token_count(current + ",")
+            candidates = [c for c in candidates if self.encoder.token_count(c) - 2 <= room]
+        return candidates
+
+    def _chain_scores(self, features, current: str, candidates: List[str]) -> torch.Tensor:
+        """Similarity of every ``"{current}, {candidate}"``, tokenising the shared prefix once.
+
+        CLIP's tokenizer never merges tokens across a space, so the ids of ``prefix + ", " + term`` are the ids of
+        ``prefix + ","`` followed by the ids of ``term``.
+        """
+        encoder = self.encoder
+        if not encoder.fast:
+            return self._similarities_tensor(features, [f"{current}, {c}" for c in candidates])
+        prefix = encoder.tokenizer.encode(current + ",")
+        sequences = [encoder.sequence(prefix + encoder.ids(c)) for c in candidates]
+        return (encoder.encode_sequences(sequences) @ features.T.to(encoder.clip.device))[:, 0].cpu()
+
+    def _fit(self, text: str) -> str:
+        """Keep the leading ", "-separated parts that fit the text encoder's context."""
+        parts = text.split(", ")
+        fitted = parts[0]
+        for part in parts[1:]:
+            if self.settings.fit_token_budget:
+                if not self.encoder.fits(f"{fitted}, {part}"):
+                    break
+            elif self.encoder.at_max_length(fitted + part):  # the reference's check, without the separator
+                break
+            fitted += ", " + part
+        return fitted
+
+    # -- scoring helpers -----------------------------------------------------------------------------------------
+    def _similarities_tensor(self, features, texts: List[str]) -> torch.Tensor:
+        return (self.encoder.encode(texts) @ features.T.to(self.clip.device))[:, 0].cpu()
+
+    def _similarities(self, features, texts: List[str]) -> List[float]:
+        return self._similarities_tensor(features, texts).tolist()
+
+    @property
+    def _pool(self) -> List[str]:
+        return [tl.name for tl in self.vocab.pool]
+
+    def _names(self, role: str) -> List[str]:
+        return [tl.name for tl in self.vocab.by_role(role)]
+
+    def _list_labels(self, name: str) -> List[str]:
+        start, end = self.index.spans[name]
+        return self.index.labels[start:end]
+
+    def _rank(self, features, names: List[str], k: int, reverse: bool = False, scores: bool = False):
+        """The top ``k`` labels of some lists, best first (``reverse``: least similar first)."""
+        labels, matrix = self.index.rows(names, self.clip.device)
+        if not labels or k <= 0:
+            return []
+        image = features.to(matrix.device, matrix.dtype)
+        chunk = self.settings.approx_topk_chunk
+        if chunk and len(labels) > chunk:
+            top = _approximate_top(image, matrix, k, chunk, reverse)
+        else:
+            sims = (image @ matrix.T).float().cpu()
+            top = (-sims if reverse else sims).topk(min(k, len(labels)), dim=-1).indices[0].tolist()
+        if scores:
+            return [(labels[i], float(image[0].float() @ matrix[i].float())) for i in top]
+        return [labels[i] for i in top]
+
+    def _captions(self, images, captions: Captions) -> List[str]:
+        if isinstance(captions, str) or captions is None:
+            captions = [captions] * len(images)
+        if len(captions) != len(images):
+            raise InterrogatorError(f"{len(captions)} captions were given for {len(images)} images.")
+        missing = [i for i, c in enumerate(captions) if not c]
+        if missing and self.captioner is not None:
+            generated = self.captioner.caption([images[i] for i in missing], self.progress)
+            captions = list(captions)
+            for i, text in zip(missing, generated):
+                captions[i] = text
+        return [c or "" for c in captions]
+
+
+def _approximate_top(image, matrix, k: int, chunk: int, reverse: bool) -> List[int]:
+    """The reference's two-stage top-k for long tables: keep a share per chunk, then rank the survivors.
+
+    Like the reference, the second stage always ranks most-similar first, even when ``reverse`` is set.
+    """
+    n = matrix.shape[0]
+    chunks = -(-n // chunk)
+    keep = int(chunk / chunks)
+    survivors: List[int] = []
+    for c in range(chunks):
+        start = c * chunk
+        sims = (image @ matrix[start:start + chunk].T).float().cpu()
+        sims = -sims if reverse else sims
+        survivors.extend(start + i for i in sims.topk(min(keep, sims.shape[-1]), dim=-1).indices[0].tolist())
+    sims = (image @ matrix[survivors].T).float().cpu()
+    return [survivors[i] for i in sims.topk(min(k, len(survivors)), dim=-1).indices[0].tolist()]

@@ -1,0 +1,200 @@
+"""Term lists: reading them, their roles, and the phrases the engine scores.
+
+A vocabulary is an ordered set of named lists, each with a role. The order matters: it is the order labels are
+ranked in, which decides ties exactly as the reference does (artists, flavors, mediums, movements, sites).
+"""
+
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .errors import VocabError
+
+ROLES = ("artist", "flavor", "medium", "movement", "site", "negative")
+MANIFEST = "manifest.json"
+
+# The reference hard-codes these in its code, not its data files; they define its "trending" labels.
+REFERENCE_SITES = (
+    "Artstation", "behance", "cg society", "cgsociety", "deviantart", "dribble", "flickr", "instagram", "pexels",
+    "pinterest", "pixabay", "pixiv", "polycount", "reddit", "shutterstock", "tumblr", "unsplash", "zbrush central",
+)
+
+_REFERENCE_LAYOUT = (
+    {"name": "artists", "file": "artists.txt", "role": "artist", "style": True},
+    {"name": "flavors", "file": "flavors.txt", "role": "flavor", "style": True},
+    {"name": "mediums", "file": "mediums.txt", "role": "medium", "style": True},
+    {"name": "movements", "file": "movements.txt", "role": "movement", "style": True},
+    {"name": "trendings", "terms": REFERENCE_SITES, "role": "site", "style": True},
+    {"name": "negative", "file": "negative.txt", "role": "negative", "style": False},
+)
+
+
+def read_terms(path: str) -> Tuple[str, ...]:
+    """One term per line, UTF-8; surrounding whitespace, blank lines and repeated terms dropped."""
+    try:
+        with open(path, "r", encoding="utf-8-sig") as file:
+            lines = file.read().splitlines()
+    except FileNotFoundError:
+        raise VocabError(f"term list not found: {path}") from None
+    except UnicodeDecodeError as error:
+        raise VocabError(f"term list {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                         f"save it as UTF-8.") from None
+    return tuple(dict.fromkeys(term for term in (line.strip() for line in lines) if term))
+
+
+def label_forms(role: str, terms: Sequence[str]) -> List[str]:
+    """The phrases the engine scores for a list: artists and sites get the reference's prompt forms."""
+    if role == "artist":
+        return [f"by {t}" for t in terms] + [f"inspired by {t}" for t in terms]
+    if role == "site":
+        return (list(terms) + [f"trending on {t}" for t in terms] + [f"featured on {t}" for t in terms]
+                + [f"{t} contest winner" for t in terms])
+    return list(terms)
+
+
+@dataclass(frozen=True)
+class TermList:
+    name: str
+    role: str
+    terms: Tuple[str, ...]
+    style: bool = True
+
+    @property
+    def labels(self) -> List[str]:
+        return label_forms(self.role, self.terms)
+
+
+def _banned_pattern(banned: Iterable[str]) -> Optional["re.Pattern"]:
+    words = sorted({b.strip().lower() for b in banned if b.strip()}, key=len, reverse=True)
+    if not words:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Ordered term lists. ``pool`` feeds fast/best, roles feed classic, ``negative`` feeds negative mode."""
+
+    lists: Tuple[TermList, ...]
+    source: str = ""
+    _index: Dict[str, TermList] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        names = [tl.name for tl in self.lists]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise VocabError(f"vocabulary {self.source} has more than one list named {', '.join(duplicated)}.")
+        object.__setattr__(self, "_index", {tl.name: tl for tl in self.lists})
+
+    def __getitem__(self, name: str) -> TermList:
+        return self._index[name]
+
+    @property
+    def names(self) -> List[str]:
+        return [tl.name for tl in self.lists]
+
+    def by_role(self, role: str) -> List[TermList]:
+        return [tl for tl in self.lists if tl.role == role]
+
+    @property
+    def pool(self) -> List[TermList]:
+        return [tl for tl in self.lists if tl.role != "negative"]
+
+    @property
+    def style(self) -> List[TermList]:
+        return [tl for tl in self.lists if tl.style and tl.role != "negative"]
+
+    # -- building ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_folder(cls, folder: str) -> "Vocabulary":
+        """A folder with a manifest.json, or the reference's layout (artists/flavors/mediums/movements/negative)."""
+        folder = os.path.abspath(os.fspath(folder))
+        if not os.path.isdir(folder):
+            raise VocabError(f"vocabulary folder not found: {folder}")
+        manifest_path = os.path.join(folder, MANIFEST)
+        if os.path.isfile(manifest_path):
+            entries = _read_manifest(manifest_path)
+        elif all(os.path.isfile(os.path.join(folder, e["file"])) for e in _REFERENCE_LAYOUT if "file" in e):
+            entries = _REFERENCE_LAYOUT
+        else:
+            raise VocabError(f"{folder} has no {MANIFEST} and is not a clip-interrogator data folder "
+                             f"(artists.txt, flavors.txt, mediums.txt, movements.txt, negative.txt).")
+        return cls(tuple(_term_list(folder, e) for e in entries), source=folder)
+
+    @classmethod
+    def builtin(cls) -> "Vocabulary":
+        """The lists written for this project, shipped in the pack's vocab/ folder."""
+        return cls.from_folder(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vocab"))
+
+    @classmethod
+    def reference(cls) -> "Vocabulary":
+        """The installed ``clip-interrogator`` package's own lists, read in place (never copied here)."""
+        spec = importlib.util.find_spec("clip_interrogator")
+        if spec is None or not spec.origin:
+            raise VocabError("the 'reference' vocabulary needs the clip-interrogator package: "
+                             "pip install clip-interrogator==0.6.0")
+        return cls.from_folder(os.path.join(os.path.dirname(spec.origin), "data"))
+
+    def with_user_lists(self, folder: str) -> "Vocabulary":
+        """Add a user's folder: a .txt named like an existing list extends it; any other .txt is a new flavor list.
+
+        A folder with its own manifest.json declares roles explicitly instead.
+        """
+        if not folder or not os.path.isdir(folder):
+            return self
+        if os.path.isfile(os.path.join(folder, MANIFEST)):
+            extra = Vocabulary.from_folder(folder).lists
+        else:
+            extra = tuple(TermList(os.path.splitext(f)[0], "flavor", read_terms(os.path.join(folder, f)))
+                          for f in sorted(os.listdir(folder)) if f.lower().endswith(".txt"))
+        lists = list(self.lists)
+        for user_list in extra:
+            if user_list.name in self._index:
+                i = self.names.index(user_list.name)
+                lists[i] = replace(lists[i], terms=tuple(dict.fromkeys(lists[i].terms + user_list.terms)))
+            else:
+                lists.append(user_list)
+        return Vocabulary(tuple(lists), source=f"{self.source} + {folder}")
+
+    def without(self, names: Iterable[str] = (), roles: Iterable[str] = ()) -> "Vocabulary":
+        """Switch lists off by name or by role (e.g. roles=["artist"] for prompts without artist names)."""
+        names, roles = set(names), set(roles)
+        unknown = names - set(self.names)
+        if unknown:
+            raise VocabError(f"cannot switch off unknown list(s) {', '.join(sorted(unknown))}; "
+                             f"known lists: {', '.join(self.names)}.")
+        kept = tuple(tl for tl in self.lists if tl.name not in names and tl.role not in roles)
+        return Vocabulary(kept, source=self.source)
+
+    def banning(self, banned: Iterable[str]) -> "Vocabulary":
+        """Drop every term that contains a banned word or phrase (whole words, any case)."""
+        pattern = _banned_pattern(banned)
+        if pattern is None:
+            return self
+        lists = tuple(replace(tl, terms=tuple(t for t in tl.terms if not pattern.search(t))) for tl in self.lists)
+        return Vocabulary(lists, source=self.source)
+
+
+def _read_manifest(path: str) -> Sequence[dict]:
+    try:
+        with open(path, "r", encoding="utf-8") as file:
+            manifest = json.load(file)
+        entries = manifest["lists"]
+        if not isinstance(entries, list):
+            raise TypeError("'lists' must be an array")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise VocabError(f"cannot read vocabulary manifest {path}: {error}. "
+                         f'Expected {{"lists": [{{"name": ..., "file": ..., "role": ...}}]}}.') from None
+    return entries
+
+
+def _term_list(folder: str, entry: dict) -> TermList:
+    role = entry.get("role", "flavor")
+    if role not in ROLES:
+        raise VocabError(f"list {entry.get('name')!r} in {folder} has role {role!r}; use one of {', '.join(ROLES)}.")
+    terms = tuple(entry["terms"]) if "terms" in entry else read_terms(os.path.join(folder, entry["file"]))
+    name = entry.get("name") or os.path.splitext(entry["file"])[0]
+    return TermList(name=name, role=role, terms=terms, style=bool(entry.get("style", role != "negative")))
