@@ -1,0 +1,442 @@
+"""The ComfyUI nodes, run directly on the tiny fixture models with small stand-ins for the comfy.* calls.
+
+The stand-ins behave like ComfyUI's: load_models_gpu keeps a list of loaded patchers, unload_all_models (what
+POST /free calls) detaches them, and detaching runs the patcher's ON_DETACH callbacks.
+"""
+
+import enum
+import importlib.util
+import json
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK = "ci_pack_under_test"  # ComfyUI imports the pack folder under an arbitrary name
+
+
+def import_pack():
+    if PACK in sys.modules:
+        return sys.modules[PACK]
+    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- stand-ins for the few comfy.* functions the adapter calls ------------------------------------------------------
+class FakeComfy:
+    def __init__(self, base_dir, extra_folder):
+        self.interrupt = False
+        self.load_calls = []  # one list of patchers per load_models_gpu call
+        self.bars = []
+        VRAMState = enum.Enum("VRAMState", "DISABLED NO_VRAM LOW_VRAM NORMAL_VRAM HIGH_VRAM SHARED")
+
+        class InterruptProcessingException(Exception):
+            pass
+
+        fake = self
+        mm = types.ModuleType("comfy.model_management")
+        mm.VRAMState = VRAMState
+        mm.vram_state = VRAMState.NORMAL_VRAM
+        mm.current_loaded_models = []
+        mm.InterruptProcessingException = InterruptProcessingException
+        mm.get_torch_device = lambda: torch.device("cpu")
+        mm.text_encoder_offload_device = lambda: torch.device("cpu")
+        mm.is_device_cpu = lambda d: torch.device(d).type == "cpu"
+        mm.should_use_fp16 = lambda device=None, **kw: False
+        mm.should_use_bf16 = lambda device=None, **kw: False
+        mm.soft_empty_cache = lambda force=False: None
+
+        def throw_exception_if_processing_interrupted():
+            if fake.interrupt:
+                fake.interrupt = False
+                raise InterruptProcessingException()
+
+        class LoadedModel:
+            def __init__(self, patcher):
+                self.model = patcher
+
+            def model_unload(self, memory_to_free=None, unpatch_weights=True):
+                self.model.detach()
+                return True
+
+            def __eq__(self, other):
+                return self.model is other.model
+
+        def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                            force_full_load=False):
+            fake.load_calls.append({"models": list(models), "force_full_load": force_full_load,
+                                    "loaded_before": [m.model for m in mm.current_loaded_models]})
+            for patcher in models:
+                if LoadedModel(patcher) not in mm.current_loaded_models:
+                    patcher.model.to(patcher.load_device)
+                    patcher.loaded = True
+                    mm.current_loaded_models.insert(0, LoadedModel(patcher))
+
+        def unload_all_models():
+            for loaded in list(mm.current_loaded_models):
+                loaded.model_unload()
+                mm.current_loaded_models.remove(loaded)
+
+        mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+        mm.load_models_gpu = load_models_gpu
+        mm.unload_all_models = unload_all_models
+
+        class CallbacksMP:
+            ON_DETACH = "on_detach_after"
+
+        class ModelPatcher:
+            def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+                self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+                self.callbacks = {}
+                self.loaded = False
+                self.detached = 0
+
+            def add_callback(self, kind, callback):
+                self.callbacks.setdefault(kind, []).append(callback)
+
+            def model_size(self):
+                return self.size
+
+            def detach(self, unpatch_all=True):
+                self.model.to(self.offload_device)
+                self.loaded = False
+                self.detached += 1
+                for callback in self.callbacks.get(CallbacksMP.ON_DETACH, []):
+                    callback(self, unpatch_all)
+                return self.model
+
+        class ProgressBar:
+            def __init__(self, total, node_id=None):
+                self.total, self.values = total, []
+                fake.bars.append(self)
+
+            def update_absolute(self, value, total=None, preview=None):
+                self.values.append((value, total))
+
+        utils = types.ModuleType("comfy.utils")
+        utils.ProgressBar = ProgressBar
+        patcher_module = types.ModuleType("comfy.model_patcher")
+        patcher_module.ModelPatcher = ModelPatcher
+        extension = types.ModuleType("comfy.patcher_extension")
+        extension.CallbacksMP = CallbacksMP
+        comfy = types.ModuleType("comfy")
+        comfy.model_management, comfy.utils = mm, utils
+        comfy.model_patcher, comfy.patcher_extension = patcher_module, extension
+
+        folder_paths = types.ModuleType("folder_paths")
+        folder_paths.models_dir = os.path.join(base_dir, "models")
+        # as if extra_model_paths.yaml had added the fixture folder before the pack loaded
+        folder_paths.folder_names_and_paths = {"clip_interrogator": ([extra_folder], set())}
+        folder_paths.get_folder_paths = lambda name: list(folder_paths.folder_names_and_paths[name][0])
+
+        def get_filename_list(name):
+            found = []
+            for folder in folder_paths.folder_names_and_paths[name][0]:
+                for root, _, files in os.walk(folder):
+                    found += [os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/") for f in files
+                              if f.endswith(".safetensors")]
+            return sorted(found)
+
+        folder_paths.get_filename_list = get_filename_list
+        self.mm, self.folder_paths, self.utils = mm, folder_paths, utils
+        self.modules = {"comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils,
+                        "comfy.model_patcher": patcher_module, "comfy.patcher_extension": extension,
+                        "folder_paths": folder_paths}
+
+    def loaded_patchers(self):
+        return [loaded.model for loaded in self.mm.current_loaded_models]
+
+
+@pytest.fixture
+def comfy(tmp_path, models_dir, monkeypatch):
+    fake = FakeComfy(str(tmp_path), models_dir)
+    for name, module in fake.modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    pack = import_pack()
+    adapter = sys.modules[f"{PACK}.nodes.comfy_adapter"]
+    runtime = sys.modules[f"{PACK}.nodes.runtime"]
+    monkeypatch.setattr(adapter, "_checked", False)
+    monkeypatch.setattr(adapter, "_environment", None)
+    runtime.reset_runtime()
+    fake.pack, fake.runtime_module = pack, runtime
+    yield fake
+    runtime.reset_runtime()
+
+
+@pytest.fixture(scope="module")
+def batch(images):
+    """The three fixture images as one ComfyUI IMAGE batch [3, 64, 64, 3]."""
+    arrays = [np.asarray(im.resize((64, 64)), dtype=np.float32) / 255.0 for im in images]
+    return torch.from_numpy(np.stack(arrays))
+
+
+def node(comfy, name):
+    return comfy.pack.NODE_CLASS_MAPPINGS[name]()
+
+
+def load(comfy, **overrides):
+    args = dict(clip_model="tiny-clip.safetensors", caption_model="blip-large", precision="auto", device="auto")
+    args.update(overrides)
+    return node(comfy, "ClipInterrogatorLoad").load(**args)[0]
+
+
+def interrogate(comfy, handle, image, mode="fast", caption="", max_flavors=0):
+    return node(comfy, "ClipInterrogatorInterrogate").run(image, handle, mode, max_flavors, caption)
+
+
+# -- declarations -------------------------------------------------------------------------------------------------
+def test_every_node_is_declared_for_comfyui(comfy):
+    pack = comfy.pack
+    assert pack.WEB_DIRECTORY == "./web" and os.path.isfile(os.path.join(ROOT, "web", "show_prompt.js"))
+    assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
+    assert {"Load Interrogator", "Interrogate Image", "Style-Only Prompt", "Negative Prompt",
+            "Analyze Image"} <= set(pack.NODE_DISPLAY_NAME_MAPPINGS.values())
+    for name, cls in pack.NODE_CLASS_MAPPINGS.items():
+        assert cls.CATEGORY == "CLIP Interrogator"
+        assert callable(getattr(cls(), cls.FUNCTION))
+        inputs = cls.INPUT_TYPES()
+        for section in inputs.values():
+            for input_name, declaration in section.items():
+                assert declaration[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+        assert len(getattr(cls, "OUTPUT_IS_LIST", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+    # prompts are plain STRINGs, so they connect to CLIPTextEncode.text and CLIPTextEncodeSDXL.text_g / text_l
+    for name in ("ClipInterrogatorInterrogate", "ClipInterrogatorStylePrompt", "ClipInterrogatorNegativePrompt"):
+        assert pack.NODE_CLASS_MAPPINGS[name].RETURN_TYPES[0] == "STRING"
+        assert pack.NODE_CLASS_MAPPINGS[name].OUTPUT_IS_LIST[0] is True
+
+
+def test_model_folder_is_registered_and_listed(comfy, models_dir):
+    load_node = comfy.pack.NODE_CLASS_MAPPINGS["ClipInterrogatorLoad"]
+    required = load_node.INPUT_TYPES()["required"]
+    paths, extensions = comfy.folder_paths.folder_names_and_paths["clip_interrogator"]
+    assert paths[0] == models_dir  # the extra_model_paths.yaml entry is kept, first
+    assert os.path.join(comfy.folder_paths.models_dir, "clip_interrogator") in paths
+    clip_choices = required["clip_model"][0]
+    assert clip_choices[:3] == ["ViT-L-14/openai", "ViT-H-14/laion2b_s32b_b79k", "ViT-bigG-14/laion2b_s39b_b160k"]
+    assert "tiny-clip.safetensors" in clip_choices
+    assert not [c for c in clip_choices if c.startswith("cache/") or "blip-image-captioning" in c]
+    caption_choices = required["caption_model"][0]
+    assert caption_choices[0] == "blip-large"
+    assert {"blip-base", "blip2-2.7b", "blip2-flan-t5-xl", "git-large-coco", "none"} <= set(caption_choices)
+    assert "blip-image-captioning-large" not in caption_choices  # that folder *is* blip-large
+    assert required["precision"][0] == ["auto", "fp16", "bf16", "fp32"]
+    assert required["device"][0] == ["auto", "cpu"]
+
+
+# -- running ------------------------------------------------------------------------------------------------------
+def test_load_is_lazy_and_errors_name_the_folder(comfy, models_dir):
+    handle = load(comfy)
+    assert len(comfy.runtime_module.runtime().cache) == 0  # a handle, not weights
+    with pytest.raises(RuntimeError) as info:
+        load(comfy, clip_model="missing.safetensors")
+    assert "missing.safetensors" in str(info.value) and models_dir in str(info.value)
+    with pytest.raises(RuntimeError) as info:
+        load(comfy, caption_model="my-captioner")
+    assert "my-captioner" in str(info.value) and models_dir in str(info.value)
+    assert handle.clip == "tiny-clip.safetensors"
+
+
+def test_batch_gives_one_prompt_per_image_equal_to_single_runs(comfy, batch, models_dir):
+    handle = load(comfy)
+    out = interrogate(comfy, handle, batch, mode="fast")
+    prompts, captions = out["result"]
+    assert len(prompts) == len(captions) == 3
+    assert all(prompts) and all(captions)
+    assert len(set(prompts)) == 3, prompts  # they differ per image
+    assert out["ui"]["text"] == prompts
+    for i in range(3):
+        single, single_captions = interrogate(comfy, handle, batch[i:i + 1], mode="fast")["result"]
+        assert single == [prompts[i]] and single_captions == [captions[i]]
+        assert prompts[i].startswith(captions[i])
+    # and they are what the engine writes when used directly
+    core = sys.modules[f"{PACK}.core"]
+    clip = core.load_clip(weights=os.path.join(models_dir, "tiny-clip.safetensors"))
+    captioner = core.load_captioner("blip-large", models_dir=models_dir)
+    engine = core.Interrogator(clip, captioner, core.Vocabulary.builtin())
+    assert engine.interrogate(batch, "fast") == prompts
+
+
+def test_best_and_classic_modes(comfy, batch):
+    handle = load(comfy)
+    best = interrogate(comfy, handle, batch, mode="best")["result"][0]
+    classic = interrogate(comfy, handle, batch, mode="classic")["result"][0]
+    assert len(best) == len(classic) == 3 and all(best) and all(classic)
+    assert best != classic
+
+
+def test_caption_input_skips_the_caption_model(comfy, batch):
+    handle = load(comfy)
+    prompts, captions = interrogate(comfy, handle, batch, mode="fast", caption="a red fox in snow")["result"]
+    assert captions == ["a red fox in snow"] * 3
+    assert all(p.startswith("a red fox in snow, ") for p in prompts)
+    assert not [k for k in (r.key for r in comfy.runtime_module.runtime().cache.residents()) if k[0] == "caption"]
+    assert all(len(call["models"]) == 1 for call in comfy.load_calls)  # only CLIP was ever loaded
+
+
+def test_style_negative_and_analyze_nodes(comfy, batch):
+    handle = load(comfy)
+    style = node(comfy, "ClipInterrogatorStylePrompt").run(batch, handle, 0)
+    negative = node(comfy, "ClipInterrogatorNegativePrompt").run(batch, handle, 0)
+    analysis = node(comfy, "ClipInterrogatorAnalyze").run(batch, handle, 5)
+    for out in (style, negative):
+        prompts = out["result"][0]
+        assert len(prompts) == 3 and all(prompts) and out["ui"]["text"] == prompts
+    assert style["result"][0] != negative["result"][0]
+    caption_model_used = [r for r in comfy.runtime_module.runtime().cache.residents() if r.key[0] == "caption"]
+    assert not caption_model_used  # style and negative prompts have no caption
+    texts, jsons = analysis["result"]
+    assert len(texts) == len(jsons) == 3
+    vocab = sys.modules[f"{PACK}.core"].Vocabulary.builtin()
+    for text, raw in zip(texts, jsons):
+        parsed = json.loads(raw)
+        assert set(parsed) == set(vocab.names)
+        for name, ranked in parsed.items():
+            assert len(ranked) == min(5, len(vocab[name].labels))
+            scores = [r["score"] for r in ranked]
+            assert scores == sorted(scores, reverse=True)
+            assert f"{name}: {ranked[0]['term']} ({ranked[0]['score']:.3f}" in text
+
+
+def test_max_flavors_limits_fast_prompts(comfy, batch):
+    handle = load(comfy)
+    prompts, captions = interrogate(comfy, handle, batch, mode="fast", max_flavors=2)["result"]
+    for prompt, caption in zip(prompts, captions):
+        assert prompt.startswith(caption) and len(prompt[len(caption):].split(", ")) == 3
+
+
+def test_models_are_loaded_once_and_shared(comfy, batch):
+    first, second = load(comfy), load(comfy)
+    interrogate(comfy, first, batch[:1])
+    interrogate(comfy, second, batch[1:2])
+    node(comfy, "ClipInterrogatorNegativePrompt").run(batch[:1], second, 0)
+    rt = comfy.runtime_module.runtime()
+    kinds = sorted(r.key[0] for r in rt.cache.residents())
+    assert kinds == ["caption", "clip"]
+    assert rt.clip(first).value is rt.clip(second).value
+    patchers = {id(m) for call in comfy.load_calls for m in call["models"]}
+    assert len(patchers) == 2 and all(call["force_full_load"] for call in comfy.load_calls)
+    # the label matrices count in the budget ComfyUI sees
+    clip = rt.clip(first)
+    assert clip.extra_bytes > 0 and clip.handle.size == clip.weight_bytes + clip.extra_bytes
+
+
+def test_unload_and_free_release_models_and_label_matrices(comfy, batch):
+    handle = load(comfy)
+    before = interrogate(comfy, handle, batch, mode="fast")["result"][0]
+    rt = comfy.runtime_module.runtime()
+    clip = rt.clip(handle)
+    engine = rt.engine(handle, clip)[1]
+    assert engine._index._whole  # scoring matrices on the device
+    assert len(comfy.loaded_patchers()) == 2
+
+    out = node(comfy, "ClipInterrogatorUnload").unload([False], ["a prompt"])
+    assert out["result"] == (["a prompt"],)
+    assert comfy.loaded_patchers() == [] and clip.handle.detached == 1
+    assert engine._index._whole == {} and engine._index._gathered == {}
+    assert len(rt.cache) == 2  # still cached in RAM: they come back on next use
+
+    again = interrogate(comfy, handle, batch, mode="fast")["result"][0]
+    assert again == before and len(comfy.loaded_patchers()) == 2
+
+    comfy.mm.unload_all_models()  # what POST /free {"unload_models": true} runs
+    assert comfy.loaded_patchers() == [] and engine._index._whole == {}
+    assert interrogate(comfy, handle, batch, mode="fast")["result"][0] == before
+
+    node(comfy, "ClipInterrogatorUnload").unload([True])
+    assert len(rt.cache) == 0 and comfy.loaded_patchers() == []
+
+
+def test_lowvram_keeps_one_model_on_the_gpu(comfy, batch):
+    comfy.mm.vram_state = comfy.mm.VRAMState.LOW_VRAM
+    handle = load(comfy)
+    interrogate(comfy, handle, batch, mode="fast")
+    caption_call, clip_call = comfy.load_calls[-2:]
+    assert caption_call["models"][0].model.inner.__class__.__name__.startswith("Blip")
+    assert caption_call["models"][0] not in clip_call["loaded_before"]  # unloaded before CLIP came in
+    assert len(comfy.loaded_patchers()) == 1
+
+
+def test_progress_bars_and_cancel(comfy, batch, tmp_path):
+    handle = load(comfy)
+    interrogate(comfy, handle, batch, mode="best")
+    assert len(comfy.bars) >= 4  # captioning, the interrogation of the 3 images, chains
+    assert [bar for bar in comfy.bars if bar.values[-1] == (3, 3)]  # the bar counting the images
+    assert all(bar.values[-1][0] == bar.values[-1][1] for bar in comfy.bars)
+    comfy.bars.clear()
+    comfy.interrupt = True
+    with pytest.raises(comfy.mm.InterruptProcessingException):
+        interrogate(comfy, handle, batch, mode="best", caption="a cat")
+    assert comfy.interrupt is False
+
+
+def test_bad_image_and_unknown_options_are_node_errors(comfy):
+    handle = load(comfy)
+    with pytest.raises(ValueError, match="image"):
+        interrogate(comfy, handle, torch.zeros(0, 64, 64, 3))
+    with pytest.raises(ValueError, match="precision"):
+        load(comfy, precision="fp8")
+
+
+def test_vocabulary_options(comfy, batch):
+    handle = load(comfy, artists=False, ban="photo, painting")
+    prompts = node(comfy, "ClipInterrogatorStylePrompt").run(batch, handle, 0)["result"][0]
+    fast, _ = interrogate(comfy, handle, batch, mode="fast", caption="x")["result"]
+    for prompt in prompts + fast:
+        assert " by " not in f" {prompt}" and "inspired by" not in prompt
+        terms = prompt.lower().split(", ")
+        assert not [t for t in terms[1:] if "photo" in t.split() or "painting" in t.split()]
+
+
+# -- outside ComfyUI ----------------------------------------------------------------------------------------------
+def test_runtime_works_without_comfyui(models_dir, batch):
+    import_pack()
+    runtime = sys.modules[f"{PACK}.nodes.runtime"]
+    rt = runtime.Runtime(runtime.PlainEnvironment(models_dir))
+    assert rt.env.name == "plain"
+    spec = runtime.InterrogatorSpec("tiny-clip.safetensors", "none")
+    prompts, captions = rt.run(spec, batch, "fast", caption="a house")
+    assert len(prompts) == 3 and captions == ["a house"] * 3
+    assert rt.unload() == 1
+
+
+def test_simple_memory_keeps_to_its_budget():
+    import_pack()
+    cache_module = sys.modules[f"{PACK}.core.model_cache"]
+
+    class Tracked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(25))  # 100 bytes
+            self.moves = []
+
+        def to(self, device):  # records the move; the test machine has no second device
+            self.moves.append(str(device))
+            return self
+
+    cache = cache_module.ModelCache(cache_module.SimpleMemory(budget_bytes=250))
+    released = []
+    residents = []
+    for name in "abc":
+        resident = cache.get(name, lambda: (name, Tracked()), load_device="cuda:0", offload_device="cpu")
+        resident.on_release(lambda name=name: released.append(name))
+        residents.append(resident)
+    assert cache.get("a", lambda: pytest.fail("loaded twice")) is residents[0]
+    a, b, c = residents
+    cache.use([a])
+    cache.use([b])
+    assert released == []
+    cache.use([c])  # 300 bytes > 250: the least recently used goes back
+    assert released == ["a"] and a.module.moves == ["cuda:0", "cpu"]
+    cache.use([b])
+    cache.use([a])  # now c is the least recently used
+    assert released == ["a", "c"]
+    cache.clear()
+    assert len(cache) == 0 and sorted(released) == ["a", "a", "b", "c"]
