@@ -1,0 +1,140 @@
+"""Command line: ``python -m core interrogate IMAGE_OR_FOLDER... [options]``."""
+
+import argparse
+import csv
+import os
+import sys
+from typing import List, Optional
+
+import torch
+
+from .caption import CAPTION_MODELS, DEFAULT_CAPTION_MODEL, load_captioner
+from .clip_model import DEFAULT_CLIP, PRESETS, load_clip
+from .errors import InterrogatorError
+from .images import find_images, open_image
+from .interrogator import MODES, Interrogator, Settings
+from .vocab import Vocabulary
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Turn images into Stable Diffusion prompts.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("interrogate", help="write a prompt for each image")
+    run.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders (walked)")
+    run.add_argument("--mode", choices=MODES, default="best")
+    run.add_argument("--clip", default=None, help=f"open_clip 'arch/pretrained' (default {DEFAULT_CLIP}; presets: "
+                                                  f"{', '.join(PRESETS)})")
+    run.add_argument("--clip-weights", metavar="FILE", help="local CLIP .safetensors file")
+    run.add_argument("--clip-config", metavar="JSON", help="open_clip model config for a custom architecture")
+    run.add_argument("--caption-model", default=DEFAULT_CAPTION_MODEL,
+                     help=f"{', '.join(CAPTION_MODELS)}, a local folder, or 'none'")
+    run.add_argument("--caption", help="use this caption instead of running the caption model")
+    run.add_argument("--models-dir", default=os.environ.get("CLIP_INTERROGATOR_MODELS"),
+                     help="folder searched first for models (env CLIP_INTERROGATOR_MODELS)")
+    run.add_argument("--cache-dir", help="embedding cache folder (default <models-dir>/cache)")
+    run.add_argument("--vocab", default="builtin", help="'builtin', 'reference' (installed clip-interrogator) or a folder")
+    run.add_argument("--user-vocab", metavar="DIR", help="folder of extra term lists")
+    run.add_argument("--no-list", action="append", default=[], metavar="NAME", help="switch a term list off")
+    run.add_argument("--ban", action="append", default=[], metavar="TERM", help="a term that must never appear")
+    run.add_argument("--max-flavors", type=int, default=None)
+    run.add_argument("--reference", action="store_true", help="reproduce clip-interrogator 0.6.0's quirks exactly")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto")
+    run.add_argument("--out", metavar="FILE", help="also write results to FILE.txt or FILE.csv")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+class _TqdmHook:
+    """Shows each piece of long work as its own tqdm bar."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar, self.desc = enabled, None, None
+
+    def __call__(self, done: int, total: int, desc: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None or desc != self.desc or done == 0:
+            self.close()
+            self.bar, self.desc = tqdm(total=total, desc=desc, leave=False, file=sys.stderr), desc
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _vocabulary(args) -> Vocabulary:
+    vocab = {"builtin": Vocabulary.builtin, "reference": Vocabulary.reference}.get(args.vocab)
+    vocab = vocab() if vocab else Vocabulary.from_folder(args.vocab)
+    return vocab.with_user_lists(args.user_vocab).without(args.no_list).banning(args.ban)
+
+
+def build(args, hook) -> Interrogator:
+    device = default_device() if args.device == "auto" else args.device
+    dtype = DTYPES.get(args.dtype) or (torch.float16 if device.startswith("cuda") else torch.float32)
+    vocab = _vocabulary(args)
+    caption_name = "none" if args.caption or args.mode in ("negative", "style") else args.caption_model
+    captioner = load_captioner(caption_name, models_dir=args.models_dir, device=device, dtype=dtype)
+    clip = load_clip(args.clip, weights=args.clip_weights, config=args.clip_config, models_dir=args.models_dir,
+                     device=device, dtype=dtype)
+    cache_dir = args.cache_dir or (os.path.join(args.models_dir, "cache") if args.models_dir else
+                                   os.path.join(os.path.expanduser("~"), ".cache", "clip_interrogator_nodes"))
+    settings = Settings.reference() if args.reference else Settings()
+    return Interrogator(clip, captioner, vocab, cache_dir=cache_dir, settings=settings, progress=hook)
+
+
+def _write(path: str, rows: List[List[str]], mode: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as file:
+        if path.lower().endswith(".csv"):
+            writer = csv.writer(file)
+            writer.writerow(["image", "mode", "prompt"])
+            writer.writerows([image, mode, prompt] for image, prompt in rows)
+        else:
+            file.writelines(f"{image}\t{prompt}\n" for image, prompt in rows)
+    os.replace(tmp, path)
+
+
+def interrogate(args) -> int:
+    paths = find_images(args.inputs)
+    if not paths:
+        raise InterrogatorError(f"no images found in {', '.join(args.inputs)}")
+    images = [open_image(p) for p in paths]
+    hook = _TqdmHook(not args.quiet)
+    engine = build(args, hook)
+    prompts = engine.interrogate(images, args.mode, captions=args.caption, max_flavors=args.max_flavors)
+    hook.close()
+    rows = [[path, prompt] for path, prompt in zip(paths, prompts)]
+    for path, prompt in rows:
+        print(prompt if len(rows) == 1 else f"{path}\t{prompt}")
+    if args.out:
+        _write(args.out, rows, args.mode)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return interrogate(args)
+    except InterrogatorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130

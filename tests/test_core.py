@@ -1,0 +1,271 @@
+"""The engine's loaders, inputs, caches and CLI, on tiny models loaded through the product's own code."""
+
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import (Cancelled, ImageError, Interrogator, ModelLoadError, ModelNotFoundError, Settings, VocabError,
+                  Vocabulary, load_captioner, load_clip)
+from core.embeddings import EmbeddingCache, LabelIndex
+from core.images import as_pil_list
+from core.text_encoder import TextEncoder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def small_vocab(tmp_path):
+    folder = tmp_path / "vocab"
+    folder.mkdir()
+    lists = {
+        "artists.txt": ["Alphonse Mucha", "Claude Monet", "Hokusai", "Rembrandt", "Gustav Klimt"],
+        "flavors.txt": ["cinematic", "highly detailed", "soft light", "moody", "vibrant colors", "matte painting",
+                        "dramatic shadows", "pastel palette", "golden hour", "intricate ornaments"],
+        "mediums.txt": ["oil painting", "watercolor", "a photograph", "a 3d render"],
+        "movements.txt": ["art nouveau", "impressionism", "surrealism"],
+        "negative.txt": ["blurry", "low quality", "watermark"],
+    }
+    for name, terms in lists.items():
+        (folder / name).write_text("\n".join(terms) + "\n", encoding="utf-8")
+    return Vocabulary.from_folder(str(folder))
+
+
+# -- loading ---------------------------------------------------------------------------------------------------------
+def test_clip_loads_from_file_with_sidecar_config(clip):
+    assert clip.name == "tiny-clip.safetensors"
+    assert clip.device.type == "cpu" and clip.dtype == torch.float32
+    features = clip.encode_images([Image.new("RGB", (32, 48), (200, 10, 10))])
+    assert features.shape == (1, 32)
+    assert torch.allclose(features.norm(dim=-1), torch.ones(1))
+
+
+def test_clip_weights_for_another_arch_give_clear_error(models_dir, tmp_path):
+    wrong = tmp_path / "ViT-B-32-openai.safetensors"
+    shutil.copy(os.path.join(models_dir, "tiny-clip.safetensors"), wrong)
+    with pytest.raises(ModelLoadError, match="does not load as CLIP ViT-B-32"):
+        load_clip(weights=str(wrong))
+
+
+def test_preset_in_models_folder_is_preferred(models_dir, tmp_path):
+    """'ViT-B-32/openai' is looked up as <models_dir>/ViT-B-32-openai.safetensors before any download."""
+    shutil.copy(os.path.join(models_dir, "tiny-clip.safetensors"), tmp_path / "ViT-B-32-openai.safetensors")
+    with pytest.raises(ModelLoadError, match="ViT-B-32-openai.safetensors does not load"):
+        load_clip("ViT-B-32/openai", models_dir=str(tmp_path))
+
+
+def test_missing_clip_names_the_file_to_provide(tmp_path):
+    with pytest.raises(ModelNotFoundError) as error:
+        load_clip("ViT-L-14/openai", models_dir=str(tmp_path))
+    assert str(tmp_path / "ViT-L-14-openai.safetensors") in str(error.value)
+
+
+def test_missing_weights_file_and_unknown_arch(tmp_path, models_dir):
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        load_clip(weights=str(tmp_path / "nothing.safetensors"))
+    with pytest.raises(ModelNotFoundError, match="unknown CLIP model"):
+        load_clip("ViT-Nope/openai")
+    odd = tmp_path / "mystery.safetensors"
+    shutil.copy(os.path.join(models_dir, "tiny-clip.safetensors"), odd)
+    with pytest.raises(ModelLoadError, match="mystery.json"):
+        load_clip(weights=str(odd))
+
+
+def test_pickled_checkpoints_are_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"not really a checkpoint")
+    with pytest.raises(ModelLoadError, match="only .safetensors"):
+        load_clip(weights=str(path), config=str(tmp_path / "x.json"))
+
+
+def test_captioner_found_in_models_folder(captioner, models_dir):
+    assert captioner.name == "blip-large"
+    assert type(captioner.model).__name__ == "BlipForConditionalGeneration"
+    assert load_captioner("none", models_dir=models_dir) is None
+
+
+def test_missing_caption_model_names_the_folder(tmp_path):
+    with pytest.raises(ModelNotFoundError) as error:
+        load_captioner("blip-base", models_dir=str(tmp_path))
+    assert str(tmp_path / "blip-image-captioning-base") in str(error.value)
+
+
+def test_captions_are_batched_and_per_image(captioner, images):
+    batch = captioner.caption(images)
+    assert batch == [captioner.caption([image])[0] for image in images]
+    assert len(set(batch)) == 3 and all(batch)
+
+
+# -- images ----------------------------------------------------------------------------------------------------------
+def test_tensor_gives_the_same_images_as_pil(images):
+    rgb = images[0]
+    tensor = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)[None]
+    assert np.array_equal(np.asarray(as_pil_list(tensor)[0]), np.asarray(rgb))
+
+
+def test_grayscale_and_rgba_are_converted():
+    gray = torch.rand(2, 16, 16, 1)
+    rgba = torch.rand(1, 16, 16, 4)
+    assert [i.mode for i in as_pil_list(gray)] == ["RGB", "RGB"]
+    assert as_pil_list(rgba)[0].mode == "RGB"
+    assert as_pil_list(Image.new("L", (8, 8)))[0].mode == "RGB"
+
+
+def test_bad_images_give_clear_errors(tmp_path):
+    with pytest.raises(ImageError, match="empty"):
+        as_pil_list(Image.new("RGB", (0, 10)))
+    with pytest.raises(ImageError, match="empty"):
+        as_pil_list(torch.zeros(1, 0, 8, 3))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG garbage")
+    with pytest.raises(ImageError, match="cannot read image .*broken.png"):
+        as_pil_list(str(broken))
+    with pytest.raises(ImageError, match="not found"):
+        as_pil_list(str(tmp_path / "missing.png"))
+
+
+# -- text encoder ----------------------------------------------------------------------------------------------------
+TEXTS = ["a photo of a cat", "", "oil painting by Alphonse Mucha, art nouveau!!, trending on artstation",
+         "word " * 90, "8k, (masterpiece:1.2), f/1.8"]
+
+
+def test_fast_text_path_equals_open_clip_encode_text(clip):
+    encoder = TextEncoder(clip, batch_size=2)
+    assert encoder.fast
+    ours = encoder.encode(TEXTS)
+    theirs = clip.model.encode_text(clip.tokenizer(TEXTS))
+    theirs = theirs / theirs.norm(dim=-1, keepdim=True)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_prefix_and_term_tokenise_like_the_whole_prompt(clip):
+    """The chain relies on ids(prefix + ", " + term) == ids(prefix + ",") + ids(term)."""
+    encoder = TextEncoder(clip)
+    vocab = Vocabulary.builtin()
+    terms = [label for term_list in vocab.lists for label in term_list.labels[::7]]
+    for prefix in ("a cat on a sofa", "art nouveau!", "f/1.8", "by Hokusai, 8k"):
+        for term in terms:
+            assert encoder.tokenizer.encode(f"{prefix}, {term}") == encoder.ids(prefix + ",") + encoder.ids(term)
+
+
+def test_token_budget(clip):
+    encoder = TextEncoder(clip)
+    assert encoder.token_count("a cat") == 4
+    assert encoder.fits("word " * 75) and not encoder.fits("word " * 76)
+    assert encoder.at_max_length("word " * 75)
+
+
+# -- embedding cache -------------------------------------------------------------------------------------------------
+def test_embeddings_cached_per_list_and_reused(clip, small_vocab, tmp_path):
+    cache_dir = tmp_path / "cache"
+    encoder = TextEncoder(clip)
+    first = LabelIndex(small_vocab, encoder, EmbeddingCache(str(cache_dir)))
+    files = sorted(p.name for p in cache_dir.rglob("*.safetensors"))
+    assert files == ["artists.safetensors", "flavors.safetensors", "mediums.safetensors", "movements.safetensors",
+                     "negative.safetensors", "trendings.safetensors"]
+    assert first.embeds.dtype == torch.float16 and first.embeds.shape == (10 + 10 + 4 + 3 + 72 + 3, 32)
+    calls = []
+    encoder.encode = lambda *a, **k: calls.append(a) or torch.zeros(0)
+    second = LabelIndex(small_vocab, encoder, EmbeddingCache(str(cache_dir)))
+    assert calls == [] and torch.equal(first.embeds, second.embeds)
+
+
+def test_corrupt_and_stale_cache_files_are_rebuilt(clip, small_vocab, tmp_path):
+    cache_dir = tmp_path / "cache"
+    good = LabelIndex(small_vocab, TextEncoder(clip), EmbeddingCache(str(cache_dir)))
+    flavors = next(cache_dir.rglob("flavors.safetensors"))
+    flavors.write_bytes(flavors.read_bytes()[:100])  # truncated
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = LabelIndex(small_vocab, TextEncoder(clip), EmbeddingCache(str(cache_dir)))
+    assert torch.equal(good.embeds, again.embeds)
+    edited = Vocabulary(tuple(tl if tl.name != "flavors" else tl.__class__(tl.name, tl.role, tl.terms[:5])
+                              for tl in small_vocab.lists))
+    with pytest.warns(UserWarning, match="other labels"):
+        LabelIndex(edited, TextEncoder(clip), EmbeddingCache(str(cache_dir)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LabelIndex(edited, TextEncoder(clip), EmbeddingCache(str(cache_dir)))  # rebuilt file is now valid
+
+
+def test_cancelled_embedding_leaves_no_cache_file(clip, small_vocab, tmp_path):
+    def cancel(done, total, desc):
+        if desc == "Embedding flavors" and done:
+            raise Cancelled("stop")
+
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(Cancelled):
+        LabelIndex(small_vocab, TextEncoder(clip), EmbeddingCache(str(cache_dir)), cancel)
+    names = sorted(p.name for p in cache_dir.rglob("*") if p.is_file())
+    assert names == ["artists.safetensors"]
+
+
+# -- modes -----------------------------------------------------------------------------------------------------------
+def test_modes_and_progress(clip, small_vocab, images, tmp_path):
+    seen = []
+    engine = Interrogator(clip, None, small_vocab, cache_dir=str(tmp_path), progress=lambda *a: seen.append(a))
+    fast = engine.interrogate(images[0], "fast", captions="a cat", max_flavors=4)[0]
+    assert fast.startswith("a cat, ") and fast.count(", ") == 4
+    classic = engine.interrogate(images[0], "classic", captions="a cat")[0]
+    assert classic.startswith("a cat, ") and " by " in classic
+    assert engine.interrogate(images[0], "best", captions="a cat")[0].startswith("a cat")
+    negative = engine.interrogate(images[0], "negative")[0].split(", ")
+    allowed = set(small_vocab["flavors"].terms) | set(small_vocab["negative"].terms)
+    assert negative and set(negative) <= allowed and len(set(negative)) == len(negative)
+    assert {d for _, _, d in seen} >= {"Embedding flavors", "Flavor chain", "Negative chain"}
+    with pytest.raises(Exception, match="unknown mode"):
+        engine.interrogate(images[0], "sideways")
+
+
+def test_prompts_fit_the_token_budget(clip, images, tmp_path):
+    engine = Interrogator(clip, None, Vocabulary.builtin(), cache_dir=str(tmp_path / "c"))
+    caption = "a very long caption " * 8
+    for mode in ("fast", "best"):
+        prompt = engine.interrogate(images[1], mode, captions=caption)[0]
+        assert engine.encoder.fits(prompt), mode
+
+
+# -- CLI -------------------------------------------------------------------------------------------------------------
+def _cli(*args, cwd=ROOT):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cli_interrogates_folder_to_csv(models_dir, images, tmp_path):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    images[0].save(folder / "a.png")
+    images[1].save(folder / "sub" / "b.jpg")
+    out = tmp_path / "out.csv"
+    result = _cli("interrogate", str(folder), "--mode", "fast", "--clip-weights",
+                  os.path.join(models_dir, "tiny-clip.safetensors"), "--models-dir", models_dir, "--device", "cpu",
+                  "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(str(folder / "a.png") + "\t")
+    rows = out.read_text().splitlines()
+    assert rows[0] == "image,mode,prompt" and len(rows) == 3
+
+
+def test_cli_bad_input_is_one_line_and_nonzero(models_dir, tmp_path):
+    result = _cli("interrogate", str(tmp_path / "nope.png"), "--quiet")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: no such file or folder: {tmp_path / 'nope.png'}"]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"nope")
+    result = _cli("interrogate", str(broken), "--quiet")
+    assert result.returncode == 2 and "cannot read image" in result.stderr
+
+
+def test_vocab_errors(tmp_path):
+    with pytest.raises(VocabError, match="not a clip-interrogator data folder"):
+        Vocabulary.from_folder(str(tmp_path))
+    (tmp_path / "manifest.json").write_text('{"lists": [{"name": "x", "file": "x.txt", "role": "bogus"}]}')
+    with pytest.raises(VocabError, match="role 'bogus'"):
+        Vocabulary.from_folder(str(tmp_path))
