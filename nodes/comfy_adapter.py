@@ -143,7 +143,7 @@ class ComfyMemory:
 
         patcher = ModelPatcher(_Holder(resident.module), load_device=resident.load_device,
                                offload_device=resident.offload_device, size=resident.nbytes)
-        patcher.add_callback(CallbacksMP.ON_DETACH, lambda *_: _released(resident))
+        patcher.add_callback(CallbacksMP.ON_DETACH, lambda _patcher, unpatch_all=True: _on_detach(resident, unpatch_all))
         resident.handle = patcher
 
     def prepare(self, residents) -> None:
@@ -171,6 +171,13 @@ class ComfyMemory:
         if loaded in self.mm.current_loaded_models:
             self.mm.current_loaded_models.remove(loaded)
         self.mm.soft_empty_cache()
+
+
+def _on_detach(resident: Resident, unpatch_all: bool) -> None:
+    """ComfyUI also detaches (without moving weights) when it re-registers a loaded model; only a real unload
+    (weights moved to the offload device) releases the label matrices."""
+    if unpatch_all:
+        _released(resident)
 
 
 def _released(resident: Resident) -> None:

@@ -440,3 +440,78 @@ def test_simple_memory_keeps_to_its_budget():
     assert released == ["a", "c"]
     cache.clear()
     assert len(cache) == 0 and sorted(released) == ["a", "a", "b", "c"]
+
+
+# -- packaging and example workflows ------------------------------------------------------------------------------
+def _requirements():
+    with open(os.path.join(ROOT, "requirements.txt")) as file:
+        return [line.split("#")[0].strip() for line in file if line.split("#")[0].strip()]
+
+
+def test_pyproject_mirrors_requirements_without_torch():
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as file:
+        project = tomllib.load(file)
+    meta = project["project"]
+    assert meta["name"] == "comfyui-clip-interrogator-nodes" and meta["version"] == "0.1.0"
+    assert meta["description"] and "MIT" in str(meta["license"]) and meta["urls"]
+    assert set(project["tool"]["comfy"]) >= {"PublisherId", "DisplayName", "Icon"}
+    assert sorted(meta["dependencies"]) == sorted(_requirements())
+    assert not [d for d in meta["dependencies"] if d.lower().startswith(("torch", "torchvision"))]
+
+
+def test_install_script_pins_the_installed_torch():
+    spec = importlib.util.spec_from_file_location("pack_install", os.path.join(ROOT, "install.py"))
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)  # importing it installs nothing
+    from importlib.metadata import version
+
+    assert f"torch=={version('torch')}" in install.constraints()  # '==2.x' also matches a '+cu' build
+    command = install.pip_command("requirements.txt", "pins.txt")
+    assert command[:4] == [sys.executable, "-m", "pip", "install"] and command[-2:] == ["-c", "pins.txt"]
+    assert "--upgrade" not in command and "-U" not in command
+
+
+WIDGET_FREE_TYPES = {"IMAGE", "INTERROGATOR", "MODEL", "CLIP", "VAE", "LATENT", "CONDITIONING", "MASK"}
+
+
+def _widget_names(cls):
+    names = []
+    for section in ("required", "optional"):
+        for name, declaration in cls.INPUT_TYPES().get(section, {}).items():
+            kind = declaration[0]
+            if isinstance(kind, list) or (kind not in WIDGET_FREE_TYPES and not declaration[1].get("forceInput")):
+                names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("filename", ["sd15_image_to_prompt.json", "sdxl_image_to_prompt.json"])
+def test_example_workflows_are_consistent(comfy, filename):
+    with open(os.path.join(ROOT, "example_workflows", filename)) as file:
+        workflow = json.load(file)
+    assert workflow["version"] == 0.4
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    for link_id, src, src_slot, dst, dst_slot, kind in workflow["links"]:
+        assert link_id in nodes[src]["outputs"][src_slot]["links"]
+        assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
+        assert nodes[src]["outputs"][src_slot]["type"] == kind == nodes[dst]["inputs"][dst_slot]["type"]
+    ours = [n for n in nodes.values() if n["type"].startswith("ClipInterrogator")]
+    for n in ours:
+        cls = comfy.pack.NODE_CLASS_MAPPINGS[n["type"]]
+        assert len(n["widgets_values"]) == len(_widget_names(cls)), n["type"]
+    loader = next(n for n in ours if n["type"] == "ClipInterrogatorLoad")
+    expected_clip = "ViT-L-14/openai" if "sd15" in filename else "ViT-bigG-14/laion2b_s39b_b160k"
+    assert loader["widgets_values"][0] == expected_clip
+    targets = {(nodes[dst]["type"], nodes[dst]["inputs"][slot]["name"])
+               for _, src, _, dst, slot, _ in workflow["links"] if nodes[src]["type"].startswith("ClipInterrogator")
+               and nodes[src]["outputs"][0]["type"] == "STRING"}
+    if "sd15" in filename:
+        assert ("CLIPTextEncode", "text") in targets
+        assert {"CheckpointLoaderSimple", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage",
+                "LoadImage"} <= {n["type"] for n in nodes.values()}
+    else:
+        assert targets == {("CLIPTextEncodeSDXL", "text_g"), ("CLIPTextEncodeSDXL", "text_l")}
+        negative = next(n for n in ours if n["type"] == "ClipInterrogatorNegativePrompt")
+        sampler = next(n for n in nodes.values() if n["type"] == "KSampler")
+        negative_encoder = [l[1] for l in workflow["links"] if l[3] == sampler["id"] and l[4] == 2][0]
+        assert {l[1] for l in workflow["links"] if l[3] == negative_encoder and l[5] == "STRING"} == {negative["id"]}

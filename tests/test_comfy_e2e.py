@@ -1,0 +1,169 @@
+"""End to end in a real ComfyUI: start its server with this pack installed, run a workflow, read the prompts back.
+
+Runs when ``COMFYUI_DIR`` points to a ComfyUI checkout whose requirements are importable by this Python (or by
+``COMFYUI_PYTHON``). The server runs on the CPU, listens on 127.0.0.1 only, in a throw-away base directory with
+this pack linked into custom_nodes and the tiny test models in models/clip_interrogator; it is always stopped.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+
+pytestmark = pytest.mark.skipif(
+    not COMFYUI_DIR or not os.path.isfile(os.path.join(COMFYUI_DIR or "", "main.py")),
+    reason="set COMFYUI_DIR to a ComfyUI checkout (with its requirements installed) to run the end-to-end test")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _request(url, data=None, timeout=10):
+    body = json.dumps(data).encode() if data is not None else None
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
+    with urllib.request.urlopen(req, timeout=timeout) as response:
+        raw = response.read()
+    return json.loads(raw) if raw.strip() else None
+
+
+def _workflow(names):
+    """API format: 3 LoadImage -> 2 ImageBatch -> every node of the pack."""
+    graph = {str(i + 1): {"class_type": "LoadImage", "inputs": {"image": name}} for i, name in enumerate(names)}
+    graph["10"] = {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}}
+    graph["11"] = {"class_type": "ImageBatch", "inputs": {"image1": ["10", 0], "image2": ["3", 0]}}
+    graph["20"] = {"class_type": "ClipInterrogatorLoad", "inputs": {
+        "clip_model": "tiny-clip.safetensors", "caption_model": "blip-large", "precision": "auto", "device": "auto",
+        "vocabulary": "builtin", "artists": True, "ban": ""}}
+    graph["21"] = {"class_type": "ClipInterrogatorInterrogate", "inputs": {
+        "image": ["11", 0], "interrogator": ["20", 0], "mode": "fast", "max_flavors": 0, "caption": ""}}
+    graph["22"] = {"class_type": "ClipInterrogatorStylePrompt", "inputs": {
+        "image": ["11", 0], "interrogator": ["20", 0], "max_flavors": 0}}
+    graph["23"] = {"class_type": "ClipInterrogatorNegativePrompt", "inputs": {
+        "image": ["11", 0], "interrogator": ["20", 0], "max_flavors": 4}}
+    graph["24"] = {"class_type": "ClipInterrogatorAnalyze", "inputs": {
+        "image": ["11", 0], "interrogator": ["20", 0], "top": 5}}
+    return graph
+
+
+def _wait_for_server(base, proc, log_path, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"ComfyUI exited with {proc.returncode}:\n{_tail(log_path)}")
+        try:
+            return _request(f"{base}/object_info/ClipInterrogatorInterrogate", timeout=5)
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(1)
+    pytest.fail(f"ComfyUI did not answer within {timeout}s:\n{_tail(log_path)}")
+
+
+def _wait_for_history(base, prompt_id, proc, log_path, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        history = _request(f"{base}/history/{prompt_id}")
+        if history and prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            return history[prompt_id]
+        if proc.poll() is not None:
+            pytest.fail(f"ComfyUI exited with {proc.returncode}:\n{_tail(log_path)}")
+        time.sleep(1)
+    pytest.fail(f"the workflow did not finish within {timeout}s:\n{_tail(log_path)}")
+
+
+def _tail(path, n=60):
+    with open(path, "r", encoding="utf-8", errors="replace") as file:
+        return "".join(file.readlines()[-n:])
+
+
+def test_workflow_with_every_node_in_comfyui(tmp_path):
+    from tests.tiny_models import sample_images, write_tiny_blip, write_tiny_clip
+
+    base_dir = tmp_path / "comfy"
+    models = base_dir / "models" / "clip_interrogator"
+    os.makedirs(base_dir / "custom_nodes")
+    os.makedirs(base_dir / "input")
+    write_tiny_clip(str(models))
+    write_tiny_blip(str(models / "blip-image-captioning-large"))
+    os.symlink(ROOT, base_dir / "custom_nodes" / "comfyui-clip-interrogator-nodes")
+    names = []
+    for i, image in enumerate(sample_images()):
+        names.append(f"sample{i}.png")
+        image.resize((64, 64)).save(base_dir / "input" / names[-1])
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = str(tmp_path / "comfyui.log")
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                                 "--base-directory", str(base_dir), "--disable-auto-launch"],
+                                cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        info = _wait_for_server(base, proc, log_path)
+        node_info = info["ClipInterrogatorInterrogate"]
+        assert node_info["output"] == ["STRING", "STRING"] and node_info["output_is_list"] == [True, True]
+        load_info = _request(f"{base}/object_info/ClipInterrogatorLoad")["ClipInterrogatorLoad"]
+        assert "tiny-clip.safetensors" in load_info["input"]["required"]["clip_model"][0]
+
+        queued = _request(f"{base}/prompt", {"prompt": _workflow(names), "client_id": "e2e-test"})
+        result = _wait_for_history(base, queued["prompt_id"], proc, log_path)
+        assert result["status"]["status_str"] == "success", json.dumps(result["status"], indent=1)
+        outputs = result["outputs"]
+        prompts = outputs["21"]["text"]
+        assert len(prompts) == 3 and all(prompts) and len(set(prompts)) == 3
+        for node_id in ("22", "23", "24"):
+            assert len(outputs[node_id]["text"]) == 3 and all(outputs[node_id]["text"])
+
+        # the same prompts as the engine writes for these images, run here directly
+        from PIL import Image
+
+        from core import Interrogator, Vocabulary, load_captioner, load_clip
+
+        clip = load_clip(weights=str(models / "tiny-clip.safetensors"))
+        captioner = load_captioner("blip-large", models_dir=str(models))
+        images = [Image.open(base_dir / "input" / name).convert("RGB") for name in names]
+        assert Interrogator(clip, captioner, Vocabulary.builtin()).interrogate(images, "fast") == prompts
+        assert os.listdir(models / "cache")  # embedding caches live under models/clip_interrogator/cache
+
+        released = lambda: _tail(log_path, 1000).count("CLIP Interrogator: released")
+        assert released() == 0  # nothing was evicted while the workflow ran
+        _request(f"{base}/free", {"unload_models": True, "free_memory": True})
+        deadline = time.time() + 30
+        while released() < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        assert released() == 2, _tail(log_path)  # CLIP and the caption model, with CLIP's label matrices
+
+        # after /free the models come back on next use
+        loads = _tail(log_path, 1000).count("Requested to load _Holder")
+        graph = _workflow(names)
+        graph["21"]["inputs"]["max_flavors"] = 3  # a changed input, so ComfyUI runs the node again
+        queued = _request(f"{base}/prompt", {"prompt": graph, "client_id": "e2e-test"})
+        again = _wait_for_history(base, queued["prompt_id"], proc, log_path)
+        assert again["status"]["status_str"] == "success"
+        shorter = again["outputs"]["21"]["text"]
+        assert len(shorter) == 3 and all(p.startswith(s) and p != s for p, s in zip(prompts, shorter))
+        assert _tail(log_path, 1000).count("Requested to load _Holder") > loads
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        shutil.copy(log_path, os.environ["COMFYUI_E2E_LOG"]) if os.environ.get("COMFYUI_E2E_LOG") else None
