@@ -193,9 +193,14 @@ class Interrogator:
         encoder = self.encoder
         if not encoder.fast:
             return self._similarities_tensor(features, [f"{current}, {c}" for c in candidates])
-        prefix = encoder.tokenizer.encode(current + ",")
-        sequences = [encoder.sequence(prefix + encoder.ids(c)) for c in candidates]
-        return (encoder.encode_sequences(sequences) @ features.T.to(encoder.clip.device))[:, 0].cpu()
+        prefix = [encoder.sot, *encoder.tokenizer.encode(current + ",")]
+        if len(prefix) >= encoder.context_length:  # the prefix alone overflows: the tokenizer's truncation decides
+            sequences = [encoder.sequence(prefix[1:] + encoder.ids(c)) for c in candidates]
+            text = encoder.encode_sequences(sequences)
+        else:
+            text = encoder.encode_continuations(prefix, [encoder.continuation(prefix, encoder.ids(c))
+                                                         for c in candidates])
+        return (text @ features.T.to(encoder.clip.device))[:, 0].cpu()
 
     def _fit(self, text: str) -> str:
         """Keep the leading ", "-separated parts that fit the text encoder's context."""

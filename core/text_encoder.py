@@ -1,13 +1,17 @@
 """CLIP text features without the waste: each string tokenised once, and no padding to the full context.
 
-CLIP's text tower is causal and pools at the end-of-text token, so a sequence only needs computing up to its own
-end token: sequences are sorted by length and batched with their neighbours. The result equals
-``model.encode_text`` up to float rounding (tests hold it to that).
+CLIP's text tower is causal and pools at the end-of-text token, so
+- a sequence only needs computing up to its own end token: sequences are sorted by length and batched with their
+  neighbours;
+- sequences that share a prefix (every candidate of a chain step is ``"{prompt}, {term}"``) can run the prefix
+  once and reuse its attention keys and values, computing only each candidate's few own tokens.
+Both equal ``model.encode_text`` up to float rounding (tests hold them to that).
 """
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .progress import ProgressHook, Steps
 
@@ -20,6 +24,7 @@ class TextEncoder:
         self.batch_size = batch_size
         self.context_length = int(getattr(self.tokenizer, "context_length", None) or self.model.context_length)
         self.fast = self._supports_fast_path()
+        self.prefix_reuse = self.fast and self._supports_prefix_reuse()
         self._ids: Dict[str, List[int]] = {}
         if self.fast:
             self.sot, self.eot = self.tokenizer.sot_token_id, self.tokenizer.eot_token_id
@@ -31,6 +36,14 @@ class TextEncoder:
         return (isinstance(self.tokenizer, SimpleTokenizer) and self.tokenizer.reduction_fn is None
                 and getattr(model, "text_pool_type", None) == "argmax"
                 and getattr(model, "attn_mask", None) is not None and hasattr(model, "token_embedding"))
+
+    def _supports_prefix_reuse(self) -> bool:
+        from open_clip.transformer import ResidualAttentionBlock
+
+        blocks = self.model.transformer.resblocks
+        return all(type(b) is ResidualAttentionBlock and isinstance(b.attn, torch.nn.MultiheadAttention)
+                   and b.attn.in_proj_weight is not None and not hasattr(b, "ln_1_kv") for b in blocks) \
+            and getattr(self.model.transformer, "batch_first", True)
 
     # -- tokens --------------------------------------------------------------------------------------------------
     def ids(self, text: str) -> List[int]:
@@ -89,6 +102,53 @@ class TextEncoder:
             steps.advance()
         return out
 
+    @torch.no_grad()
+    def encode_continuations(self, prefix: Sequence[int], tails: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Features of ``prefix + tail`` for every tail; ``prefix`` starts with the start token, tails end with
+        the end token, and ``len(prefix + tail)`` never exceeds the context (see ``continuation``)."""
+        if not self.prefix_reuse:
+            return self.encode_sequences([list(prefix) + list(tail) for tail in tails])
+        device = self.clip.device
+        past = self._run_blocks(torch.as_tensor([list(prefix)], device=device), None)[1]
+        order = sorted(range(len(tails)), key=lambda i: len(tails[i]))
+        out = torch.empty(len(tails), self._output_dim(), dtype=torch.float32, device=device)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            tokens = torch.zeros(len(rows), len(tails[rows[-1]]), dtype=torch.long)
+            for r, i in enumerate(rows):
+                tokens[r, :len(tails[i])] = torch.as_tensor(tails[i])
+            ends = torch.tensor([len(tails[i]) - 1 for i in rows], device=device)
+            x = self._run_blocks(tokens.to(device), past)[0]
+            out[rows] = self._pool(x, ends)
+        return out
+
+    def continuation(self, prefix: Sequence[int], ids: Sequence[int]) -> List[int]:
+        """The tail after ``prefix`` of ``sequence(prefix ids + ids)``, truncated as the tokenizer truncates."""
+        tail = [*ids, self.eot][:self.context_length - len(prefix)]
+        tail[-1] = self.eot
+        return tail
+
+    def _run_blocks(self, tokens: torch.Tensor, past: Optional[List[Tuple[torch.Tensor, torch.Tensor]]]):
+        """The text transformer on ``tokens`` placed after ``past`` keys/values; returns states and its own k/v."""
+        model = self.model
+        offset = past[0][0].shape[2] if past else 0
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast)
+        x = x + model.positional_embedding[offset:offset + tokens.shape[1]].to(cast)
+        present = []
+        for i, block in enumerate(model.transformer.resblocks):
+            x, kv = _block_forward(block, x, past[i] if past else None)
+            present.append(kv)
+        return x, present
+
+    def _pool(self, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        x = model.ln_final(x)[torch.arange(len(x), device=x.device), ends]
+        projection = model.text_projection
+        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        x = x.float()
+        return x / x.norm(dim=-1, keepdim=True)
+
     def _output_dim(self) -> int:
         projection = self.model.text_projection
         return projection.out_features if isinstance(projection, torch.nn.Linear) else projection.shape[-1]
@@ -100,11 +160,7 @@ class TextEncoder:
         cast = model.transformer.get_cast_dtype()
         x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
         x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-        x = model.ln_final(x)[torch.arange(len(tokens), device=tokens.device), ends]
-        projection = model.text_projection
-        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
-        x = x.float()
-        return x / x.norm(dim=-1, keepdim=True)
+        return self._pool(x, ends)
 
     def _encode_reference_path(self, texts, hook, desc) -> torch.Tensor:
         """Any other open_clip text tower: the model's own encode_text on padded tokens."""
@@ -119,3 +175,23 @@ class TextEncoder:
         if not rows:
             return torch.empty(0, self._output_dim(), device=device)
         return torch.cat(rows)
+
+
+def _block_forward(block, x: torch.Tensor, past: Optional[Tuple[torch.Tensor, torch.Tensor]]):
+    """open_clip's ResidualAttentionBlock, causal, with optional keys/values of earlier positions prepended."""
+    attn = block.attn
+    batch, length, width = x.shape
+    heads = attn.num_heads
+    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+    own = (k, v)
+    if past is not None:
+        k = torch.cat([past[0].expand(batch, -1, -1, -1), k], dim=2)
+        v = torch.cat([past[1].expand(batch, -1, -1, -1), v], dim=2)
+    seen = k.shape[2] - length
+    mask = torch.ones(length, seen + length, dtype=torch.bool, device=x.device).tril(diagonal=seen)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    o = attn.out_proj(o.transpose(1, 2).reshape(batch, length, width))
+    x = x + block.ls_1(o)
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x, own

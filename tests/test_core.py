@@ -269,3 +269,17 @@ def test_vocab_errors(tmp_path):
     (tmp_path / "manifest.json").write_text('{"lists": [{"name": "x", "file": "x.txt", "role": "bogus"}]}')
     with pytest.raises(VocabError, match="role 'bogus'"):
         Vocabulary.from_folder(str(tmp_path))
+
+
+def test_prefix_reuse_equals_open_clip_encode_text(clip):
+    """Chain candidates computed from the shared prefix's keys/values match whole-prompt encoding, truncation too."""
+    encoder = TextEncoder(clip, batch_size=3)
+    assert encoder.prefix_reuse
+    for current in ("a cat on a sofa, oil painting", "word " * 70):
+        prefix = [encoder.sot, *encoder.tokenizer.encode(current + ",")]
+        terms = ["cinematic", "by Alphonse Mucha", "trending on artstation", "highly detailed, 8k", "f/1.8 bokeh"]
+        ours = encoder.encode_continuations(prefix, [encoder.continuation(prefix, encoder.ids(t)) for t in terms])
+        tokens = clip.tokenizer([f"{current}, {t}" for t in terms])
+        theirs = clip.model.encode_text(tokens)
+        theirs = theirs / theirs.norm(dim=-1, keepdim=True)
+        assert torch.allclose(ours, theirs, atol=1e-5), current
