@@ -18,6 +18,7 @@ from .progress import ProgressHook
 from .vocab import Vocabulary
 
 FORMAT = "1"
+KEEP_VARIANTS = 3  # cache files kept per (model, list): switching a ban list back and forth re-embeds nothing
 
 
 def labels_hash(labels: Sequence[str]) -> str:
@@ -29,15 +30,16 @@ def _slug(text: str) -> str:
 
 
 class EmbeddingCache:
-    """Safetensors files under ``root/<model>/<list>.safetensors``; ``root=None`` keeps nothing on disk."""
+    """Safetensors files under ``root/<model>/<list>-<content hash>.safetensors``; ``root=None`` keeps nothing."""
 
     def __init__(self, root: Optional[str]):
         self.root = root
 
-    def path(self, model_name: str, model_key: str, list_name: str) -> Optional[str]:
+    def path(self, model_name: str, model_key: str, list_name: str, content_hash: str) -> Optional[str]:
         if not self.root:
             return None
-        return os.path.join(self.root, f"{_slug(model_name)}_{model_key}", f"{_slug(list_name)}.safetensors")
+        return os.path.join(self.root, f"{_slug(model_name)}_{model_key}",
+                            f"{_slug(list_name)}-{content_hash[:16]}.safetensors")
 
     def load(self, path: Optional[str], meta: Dict[str, str]) -> Optional[torch.Tensor]:
         if not path or not os.path.exists(path):
@@ -73,17 +75,29 @@ class EmbeddingCache:
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
+            self._prune(path)
         except OSError as error:
             warnings.warn(f"cannot write embedding cache {path} ({error}); embeddings are kept in memory only.")
+
+    @staticmethod
+    def _prune(path: str) -> None:
+        """Keep the newest few content variants of one list, so edited lists don't pile up files forever."""
+        folder, name = os.path.split(path)
+        variant = re.compile(re.escape(name.rsplit("-", 1)[0]) + r"-[0-9a-f]{16}\.safetensors")
+        variants = sorted((os.path.join(folder, f) for f in os.listdir(folder) if variant.fullmatch(f) and f != name),
+                          key=os.path.getmtime, reverse=True)
+        for old in variants[KEEP_VARIANTS - 1:]:
+            os.remove(old)
 
 
 def embed_labels(encoder, labels: List[str], cache: EmbeddingCache, list_name: str,
                  hook: Optional[ProgressHook] = None) -> torch.Tensor:
     """fp16 unit-length embeddings of ``labels`` on the CPU, from the cache when it matches."""
     clip = encoder.clip
+    content = labels_hash(labels)
     meta = {"format": FORMAT, "model": clip.name, "model_key": clip.key, "dtype": str(clip.dtype),
-            "labels_sha256": labels_hash(labels), "count": str(len(labels))}
-    path = cache.path(clip.name, f"{clip.key}_{str(clip.dtype).replace('torch.', '')}", list_name)
+            "labels_sha256": content, "count": str(len(labels))}
+    path = cache.path(clip.name, f"{clip.key}_{str(clip.dtype).replace('torch.', '')}", list_name, content)
     embeds = cache.load(path, meta)
     if embeds is None:
         embeds = encoder.encode(labels, hook, f"Embedding {list_name}").half().cpu()

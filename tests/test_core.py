@@ -166,9 +166,8 @@ def test_embeddings_cached_per_list_and_reused(clip, small_vocab, tmp_path):
     cache_dir = tmp_path / "cache"
     encoder = TextEncoder(clip)
     first = LabelIndex(small_vocab, encoder, EmbeddingCache(str(cache_dir)))
-    files = sorted(p.name for p in cache_dir.rglob("*.safetensors"))
-    assert files == ["artists.safetensors", "flavors.safetensors", "mediums.safetensors", "movements.safetensors",
-                     "negative.safetensors", "trendings.safetensors"]
+    files = sorted(p.name.rsplit("-", 1)[0] for p in cache_dir.rglob("*.safetensors"))
+    assert files == ["artists", "flavors", "mediums", "movements", "negative", "trendings"]
     assert first.embeds.dtype == torch.float16 and first.embeds.shape == (10 + 10 + 4 + 3 + 72 + 3, 32)
     calls = []
     encoder.encode = lambda *a, **k: calls.append(a) or torch.zeros(0)
@@ -179,18 +178,28 @@ def test_embeddings_cached_per_list_and_reused(clip, small_vocab, tmp_path):
 def test_corrupt_and_stale_cache_files_are_rebuilt(clip, small_vocab, tmp_path):
     cache_dir = tmp_path / "cache"
     good = LabelIndex(small_vocab, TextEncoder(clip), EmbeddingCache(str(cache_dir)))
-    flavors = next(cache_dir.rglob("flavors.safetensors"))
+    flavors = next(cache_dir.rglob("flavors-*.safetensors"))
     flavors.write_bytes(flavors.read_bytes()[:100])  # truncated
     with pytest.warns(UserWarning, match="unreadable"):
         again = LabelIndex(small_vocab, TextEncoder(clip), EmbeddingCache(str(cache_dir)))
     assert torch.equal(good.embeds, again.embeds)
-    edited = Vocabulary(tuple(tl if tl.name != "flavors" else tl.__class__(tl.name, tl.role, tl.terms[:5])
-                              for tl in small_vocab.lists))
+    mediums = next(cache_dir.rglob("mediums-*.safetensors"))
+    shutil.copy(next(cache_dir.rglob("movements-*.safetensors")), mediums)  # valid file, other labels
     with pytest.warns(UserWarning, match="other labels"):
-        LabelIndex(edited, TextEncoder(clip), EmbeddingCache(str(cache_dir)))
+        LabelIndex(small_vocab, TextEncoder(clip), EmbeddingCache(str(cache_dir)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        LabelIndex(edited, TextEncoder(clip), EmbeddingCache(str(cache_dir)))  # rebuilt file is now valid
+        LabelIndex(small_vocab, TextEncoder(clip), EmbeddingCache(str(cache_dir)))  # rebuilt file is now valid
+
+
+def test_edited_list_gets_its_own_cache_file_and_old_variants_are_pruned(clip, small_vocab, tmp_path):
+    cache_dir = tmp_path / "cache"
+    for keep in (10, 9, 8, 7, 10):
+        lists = tuple(tl if tl.name != "flavors" else tl.__class__(tl.name, tl.role, tl.terms[:keep])
+                      for tl in small_vocab.lists)
+        LabelIndex(Vocabulary(lists), TextEncoder(clip), EmbeddingCache(str(cache_dir)))
+    assert len(list(cache_dir.rglob("flavors-*.safetensors"))) == 3
+    assert len(list(cache_dir.rglob("mediums-*.safetensors"))) == 1
 
 
 def test_cancelled_embedding_leaves_no_cache_file(clip, small_vocab, tmp_path):
@@ -201,8 +210,8 @@ def test_cancelled_embedding_leaves_no_cache_file(clip, small_vocab, tmp_path):
     cache_dir = tmp_path / "cache"
     with pytest.raises(Cancelled):
         LabelIndex(small_vocab, TextEncoder(clip), EmbeddingCache(str(cache_dir)), cancel)
-    names = sorted(p.name for p in cache_dir.rglob("*") if p.is_file())
-    assert names == ["artists.safetensors"]
+    names = sorted(p.name.rsplit("-", 1)[0] for p in cache_dir.rglob("*") if p.is_file())
+    assert names == ["artists"]
 
 
 # -- modes -----------------------------------------------------------------------------------------------------------
