@@ -162,9 +162,9 @@ class Interrogator:
             if not candidates:
                 break
             scores = sign * self._chain_scores(features, current, candidates)
-            flavor = candidates[int(scores.argmax())]
+            best = int(scores.argmax())
+            flavor, sim = candidates[best], float(scores[best])
             prompt = f"{current}, {flavor}"
-            sim = sign * self._similarities(features, [prompt])[0]
             if sim > best_sim:
                 best_prompt, best_sim = prompt, sim
             steps.advance()

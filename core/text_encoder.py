@@ -110,16 +110,17 @@ class TextEncoder:
             return self.encode_sequences([list(prefix) + list(tail) for tail in tails])
         device = self.clip.device
         past = self._run_blocks(torch.as_tensor([list(prefix)], device=device), None)[1]
-        order = sorted(range(len(tails)), key=lambda i: len(tails[i]))
         out = torch.empty(len(tails), self._output_dim(), dtype=torch.float32, device=device)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            tokens = torch.zeros(len(rows), len(tails[rows[-1]]), dtype=torch.long)
-            for r, i in enumerate(rows):
-                tokens[r, :len(tails[i])] = torch.as_tensor(tails[i])
-            ends = torch.tensor([len(tails[i]) - 1 for i in rows], device=device)
-            x = self._run_blocks(tokens.to(device), past)[0]
-            out[rows] = self._pool(x, ends)
+        by_length: Dict[int, List[int]] = {}
+        for i, tail in enumerate(tails):
+            by_length.setdefault(len(tail), []).append(i)
+        # tails are a handful of tokens, so padding them to a common length would multiply the work
+        for length, members in by_length.items():
+            for start in range(0, len(members), self.batch_size):
+                rows = members[start:start + self.batch_size]
+                tokens = torch.tensor([list(tails[i]) for i in rows], device=device)
+                x = self._run_blocks(tokens, past)[0]
+                out[rows] = self._pool(x, torch.full((len(rows),), length - 1, device=device))
         return out
 
     def continuation(self, prefix: Sequence[int], ids: Sequence[int]) -> List[int]:
