@@ -1,0 +1,165 @@
+"""Reference (clip-interrogator 0.6.0) vs this engine: same random-weight CLIP, same lists, same image, one run.
+
+Prints a markdown table: median seconds per piece of work, ours/reference ratio, peak GPU memory, and whether the
+prompts are identical. Speed depends on the architecture, not the weights, so random weights measure real speed.
+
+    python bench/benchmark.py --arch ViT-B-32 --device cpu --labels 5000 --intermediate 256     # CI-sized
+    python bench/benchmark.py --arch ViT-L-14 --device cuda --vocab reference                  # 111,908 labels
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from core import Interrogator, Settings, Vocabulary  # noqa: E402
+from core.clip_model import ClipModel  # noqa: E402
+
+CAPTION = "a painting of a woman standing in a garden with flowers"
+MODES = ("fast", "classic", "best", "negative")
+
+
+def random_clip(arch: str, device: str, dtype: torch.dtype) -> ClipModel:
+    import open_clip
+
+    torch.manual_seed(0)
+    precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, precision=precision, device=device)
+    return ClipModel(model, preprocess, open_clip.get_tokenizer(arch), f"{arch}/random")
+
+
+def write_lists(folder: str, source: Vocabulary, labels: int) -> int:
+    """Our lists in the reference's layout, artists and flavors cut so the ranked pool has about ``labels``."""
+    terms = {role: [t for tl in source.by_role(role) for t in tl.terms]
+             for role in ("artist", "flavor", "medium", "movement", "negative")}
+    fixed = len(terms["medium"]) + len(terms["movement"]) + 72
+    room = max(labels - fixed, 2)
+    artists = min(len(terms["artist"]), room // 6)  # each artist gives two labels
+    terms["artist"] = terms["artist"][:artists]
+    terms["flavor"] = terms["flavor"][:room - 2 * artists]
+    names = {"artist": "artists", "flavor": "flavors", "medium": "mediums", "movement": "movements",
+             "negative": "negative"}
+    for role, name in names.items():
+        with open(os.path.join(folder, f"{name}.txt"), "w", encoding="utf-8") as file:
+            file.write("\n".join(terms[role]) + "\n")
+    return fixed + 2 * artists + len(terms["flavor"])
+
+
+def timed(fn, device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    return time.perf_counter() - start, peak, result
+
+
+def run(args) -> list:
+    import clip_interrogator as ci
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+    clip = random_clip(args.arch, args.device, dtype)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    work = tempfile.mkdtemp(prefix="ci-bench-")
+    if args.vocab == "reference":
+        data = Vocabulary.reference().source
+        n_labels = len(Vocabulary.reference().pool and [l for tl in Vocabulary.reference().pool for l in tl.labels])
+    else:
+        data = work
+        n_labels = write_lists(work, Vocabulary.builtin(), args.labels)
+
+    config = ci.Config(clip_model_name=f"{args.arch}/random", caption_model_name=None, device=args.device,
+                       data_path=data, cache_path=None, download_cache=False, chunk_size=args.chunk_size,
+                       flavor_intermediate_count=args.intermediate, quiet=True)
+    config.clip_model, config.clip_preprocess = clip.model, clip.preprocess
+    settings = Settings.reference(flavor_intermediate_count=args.intermediate, approx_topk_chunk=args.chunk_size)
+    vocab = Vocabulary.from_folder(data)
+
+    rows = []
+    ref_s, ref_mem, reference = timed(lambda: ci.Interrogator(config), args.device)
+    cache = os.path.join(work, "cache")
+    our_s, our_mem, _ = timed(lambda: Interrogator(clip, None, vocab, cache_dir=cache, settings=settings).index,
+                              args.device)
+    rows.append(("embed all labels (first run)", [ref_s], [our_s], ref_mem, our_mem, None))
+    reload_s, _, _ = timed(lambda: Interrogator(clip, None, vocab, cache_dir=cache, settings=settings).index,
+                           args.device)
+    rows.append(("reload embeddings from cache", [float("nan")], [reload_s], None, None, None))
+
+    ours = Interrogator(clip, None, vocab, cache_dir=cache, settings=settings)
+    ours.index  # noqa: B018 - built above from cache; timings below are per mode only
+    calls = {
+        "fast": (lambda: reference.interrogate_fast(image, caption=CAPTION),
+                 lambda: ours.interrogate(image, "fast", captions=CAPTION)[0]),
+        "classic": (lambda: reference.interrogate_classic(image, caption=CAPTION),
+                    lambda: ours.interrogate(image, "classic", captions=CAPTION)[0]),
+        "best": (lambda: reference.interrogate(image, caption=CAPTION),
+                 lambda: ours.interrogate(image, "best", captions=CAPTION)[0]),
+        "negative": (lambda: reference.interrogate_negative(image),
+                     lambda: ours.interrogate(image, "negative")[0]),
+    }
+    for mode in args.modes:
+        ref_call, our_call = calls[mode]
+        ref_times, our_times, ref_peak, our_peak = [], [], 0.0, 0.0
+        for _ in range(args.repeats):
+            t, m, expected = timed(ref_call, args.device)
+            ref_times.append(t)
+            ref_peak = max(ref_peak, m or 0)
+            t, m, got = timed(our_call, args.device)
+            our_times.append(t)
+            our_peak = max(our_peak, m or 0)
+        rows.append((f"{mode} mode", ref_times, our_times, ref_peak or None, our_peak or None, got == expected))
+    return rows, n_labels, clip
+
+
+def print_table(args, rows, n_labels) -> None:
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n{args.arch}, {args.dtype}, {device}, {n_labels:,} labels, flavor_intermediate_count "
+          f"{args.intermediate}, {args.repeats} runs per mode (median)\n")
+    print("| work | reference s | ours s | speed-up | peak GPU GiB ref / ours | identical prompt |")
+    print("|---|---|---|---|---|---|")
+    for name, ref_t, our_t, ref_m, our_m, same in rows:
+        r, o = statistics.median(ref_t), statistics.median(our_t)
+        speedup = "" if r != r else f"{r / o:.1f}x"
+        memory = f"{ref_m:.2f} / {our_m:.2f}" if ref_m is not None and our_m is not None else "n/a"
+        ref_text = "" if r != r else f"{r:.3f}"
+        print(f"| {name} | {ref_text} | {o:.3f} | {speedup} | {memory} | "
+              f"{'' if same is None else ('yes' if same else 'NO')} |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="ViT-B-32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["fp32", "fp16"], default=None)
+    parser.add_argument("--labels", type=int, default=5000, help="approximate size of the ranked pool")
+    parser.add_argument("--vocab", choices=["ours", "reference"], default="ours",
+                        help="'reference' uses the installed clip-interrogator's own lists (111,908 labels)")
+    parser.add_argument("--intermediate", type=int, default=2048, help="flavor_intermediate_count (chain width)")
+    parser.add_argument("--chunk-size", type=int, default=2048, help="the reference's chunk_size")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", default=",".join(MODES))
+    args = parser.parse_args(argv)
+    args.modes = [m for m in args.modes.split(",") if m]
+    args.dtype = args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
+    warnings.filterwarnings("ignore")
+    with torch.no_grad():
+        rows, n_labels, _ = run(args)
+    print_table(args, rows, n_labels)
+    return 0 if all(row[5] is not False for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
