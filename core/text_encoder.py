@@ -88,12 +88,11 @@ class TextEncoder:
                          desc: str = "") -> torch.Tensor:
         """Features of full token sequences (start ... end), batched by length."""
         device = self.clip.device
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         out = torch.empty(len(sequences), self._output_dim(), dtype=torch.float32, device=device)
-        steps = Steps(hook, -(-len(order) // self.batch_size), desc)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            length = len(sequences[rows[-1]])
+        batches = self._batches([len(s) for s in sequences])
+        steps = Steps(hook, len(batches), desc)
+        for rows in batches:
+            length = max(len(sequences[i]) for i in rows)
             tokens = torch.zeros(len(rows), length, dtype=torch.long)
             for r, i in enumerate(rows):
                 tokens[r, :len(sequences[i])] = torch.as_tensor(sequences[i])
@@ -111,17 +110,45 @@ class TextEncoder:
         device = self.clip.device
         past = self._run_blocks(torch.as_tensor([list(prefix)], device=device), None)[1]
         out = torch.empty(len(tails), self._output_dim(), dtype=torch.float32, device=device)
-        by_length: Dict[int, List[int]] = {}
-        for i, tail in enumerate(tails):
-            by_length.setdefault(len(tail), []).append(i)
-        # tails are a handful of tokens, so padding them to a common length would multiply the work
-        for length, members in by_length.items():
-            for start in range(0, len(members), self.batch_size):
-                rows = members[start:start + self.batch_size]
-                tokens = torch.tensor([list(tails[i]) for i in rows], device=device)
-                x = self._run_blocks(tokens, past)[0]
-                out[rows] = self._pool(x, torch.full((len(rows),), length - 1, device=device))
+        for rows in self._batches([len(t) for t in tails]):
+            length = max(len(tails[i]) for i in rows)
+            tokens = torch.zeros(len(rows), length, dtype=torch.long)
+            for r, i in enumerate(rows):
+                tokens[r, :len(tails[i])] = torch.as_tensor(tails[i])
+            ends = torch.tensor([len(tails[i]) - 1 for i in rows], device=device)
+            out[rows] = self._pool(self._run_blocks(tokens.to(device), past)[0], ends)
         return out
+
+    def _batches(self, lengths: Sequence[int]) -> List[List[int]]:
+        """Split sequences into batches that pad little but are not too many.
+
+        Padding a short sequence to its batch's length wastes compute; every extra batch costs a pass over all
+        the weights (on a GPU, a round of kernel launches). Over the sorted distinct lengths, a small dynamic
+        program picks the grouping with the least ``padded tokens + overhead * batches``.
+        """
+        groups: Dict[int, List[int]] = {}
+        for i, n in enumerate(lengths):
+            groups.setdefault(n, []).append(i)
+        sizes = sorted(groups)
+        overhead = 16 if self.clip.device.type == "cpu" else 1024
+        best = [0.0] + [float("inf")] * len(sizes)
+        cut = [0] * (len(sizes) + 1)
+        for j in range(1, len(sizes) + 1):
+            count = 0
+            for i in range(j, 0, -1):
+                count += len(groups[sizes[i - 1]])
+                cost = best[i - 1] + count * sizes[j - 1] + overhead * -(-count // self.batch_size)
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i - 1
+        spans, j = [], len(sizes)
+        while j > 0:
+            spans.append((cut[j], j))
+            j = cut[j]
+        batches = []
+        for a, b in reversed(spans):
+            members = [i for n in sizes[a:b] for i in groups[n]]
+            batches.extend(members[k:k + self.batch_size] for k in range(0, len(members), self.batch_size))
+        return batches
 
     def continuation(self, prefix: Sequence[int], ids: Sequence[int]) -> List[int]:
         """The tail after ``prefix`` of ``sequence(prefix ids + ids)``, truncated as the tokenizer truncates."""
