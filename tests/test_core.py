@@ -292,3 +292,18 @@ def test_prefix_reuse_equals_open_clip_encode_text(clip):
         theirs = clip.model.encode_text(tokens)
         theirs = theirs / theirs.norm(dim=-1, keepdim=True)
         assert torch.allclose(ours, theirs, atol=1e-5), current
+
+
+def test_core_imports_nothing_from_comfyui():
+    import ast
+
+    for name in os.listdir(os.path.join(ROOT, "core")):
+        if not name.endswith(".py"):
+            continue
+        tree = ast.parse(open(os.path.join(ROOT, "core", name), encoding="utf-8").read())
+        for node in ast.walk(tree):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for module in modules:
+                assert module.split(".")[0] not in {"comfy", "comfy_extras", "comfy_api", "folder_paths",
+                                                    "nodes", "server"}, (name, module)
