@@ -88,6 +88,58 @@ def _tail(path, n=60):
         return "".join(file.readlines()[-n:])
 
 
+WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _widget_specs(info):
+    """The widget inputs of a node in ComfyUI's order, from /object_info: (name, kind, options)."""
+    specs = []
+    for section in ("required", "optional"):
+        declared = info["input"].get(section, {})
+        for name in info.get("input_order", {}).get(section, list(declared)):
+            kind, options = declared[name][0], (declared[name][1] if len(declared[name]) > 1 else {})
+            if isinstance(kind, list):
+                kind, options = "COMBO", dict(options, options=kind)
+            if kind in WIDGET_KINDS and not options.get("forceInput"):
+                specs.append((name, kind, options))
+    return specs
+
+
+def _check_example_workflow(path, object_info):
+    """What the frontend needs to load a UI-format workflow: known node types, links between declared inputs
+    and outputs of the right types, and our nodes' widget values in object_info's input order and range."""
+    with open(path) as file:
+        workflow = json.load(file)
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    missing = sorted({n["type"] for n in nodes.values()} - set(object_info))
+    assert not missing, f"{os.path.basename(path)}: node types unknown to ComfyUI: {missing}"
+    for link_id, src, src_slot, dst, dst_slot, kind in workflow["links"]:
+        source, target = nodes[src], nodes[dst]
+        assert object_info[source["type"]]["output"][src_slot] == kind, (path, link_id)
+        name = target["inputs"][dst_slot]["name"]
+        declared = {k: v for section in object_info[target["type"]]["input"].values() for k, v in section.items()}
+        assert name in declared, (path, link_id, target["type"], name)
+        declared_kind = "COMBO" if isinstance(declared[name][0], list) else declared[name][0]
+        assert declared_kind == kind, (path, link_id, target["type"], name, declared_kind)
+    for node in nodes.values():
+        if not node["type"].startswith("ClipInterrogator"):
+            continue
+        specs = _widget_specs(object_info[node["type"]])
+        values = node["widgets_values"]
+        assert len(values) == len(specs), (path, node["type"], values, [s[0] for s in specs])
+        for value, (name, kind, options) in zip(values, specs):
+            where = (path, node["type"], name, value)
+            if kind == "COMBO":
+                assert value in options["options"], where
+            elif kind == "BOOLEAN":
+                assert isinstance(value, bool), where
+            elif kind == "STRING":
+                assert isinstance(value, str), where
+            else:
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+                assert options.get("min", value) <= value <= options.get("max", value), where
+
+
 def test_workflow_with_every_node_in_comfyui(tmp_path):
     from tests.tiny_models import sample_images, write_tiny_blip, write_tiny_clip
 
@@ -119,6 +171,13 @@ def test_workflow_with_every_node_in_comfyui(tmp_path):
         assert node_info["output"] == ["STRING", "STRING"] and node_info["output_is_list"] == [True, True]
         load_info = _request(f"{base}/object_info/ClipInterrogatorLoad")["ClipInterrogatorLoad"]
         assert "tiny-clip.safetensors" in load_info["input"]["required"]["clip_model"][0]
+
+        # the example workflows match this ComfyUI's node definitions (what its frontend loads them against)
+        object_info = _request(f"{base}/object_info", timeout=60)
+        examples = os.path.join(ROOT, "example_workflows")
+        for name in sorted(os.listdir(examples)):
+            if name.endswith(".json"):
+                _check_example_workflow(os.path.join(examples, name), object_info)
 
         queued = _request(f"{base}/prompt", {"prompt": _workflow(names), "client_id": "e2e-test"})
         result = _wait_for_history(base, queued["prompt_id"], proc, log_path)
