@@ -126,9 +126,13 @@ class LabelIndex:
         self._whole: Dict[str, torch.Tensor] = {}
         self._gathered: Dict[Tuple, torch.Tensor] = {}
 
+    def device_nbytes(self, device) -> int:
+        """Memory the full scoring matrix takes on ``device`` (float32 on the CPU, fp16 elsewhere)."""
+        return self.embeds.numel() * (4 if torch.device(device).type == "cpu" else 2)
+
     @property
-    def nbytes(self) -> int:
-        return self.embeds.numel() * self.embeds.element_size()
+    def on_device(self) -> bool:
+        return bool(self._whole or self._gathered)
 
     def rows(self, names: Sequence[str], device: torch.device) -> Tuple[List[str], torch.Tensor]:
         """Labels and scoring matrix of some lists: a view when they are adjacent, else a gathered copy.

@@ -63,6 +63,11 @@ class Interrogator:
             self._index = LabelIndex(self.vocab, self.encoder, self.cache, self.progress)
         return self._index
 
+    def release(self) -> None:
+        """Drop the label matrices' device copies (rebuilt on next use). The models belong to the caller."""
+        if self._index is not None:
+            self._index.release()
+
     def caption(self, images) -> List[str]:
         images = as_pil_list(images)
         if self.captioner is None:

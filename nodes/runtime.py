@@ -244,7 +244,7 @@ class Runtime:
             if key not in self._engines:
                 engine = Interrogator(clip.value, None, self.vocabulary(spec), cache_dir=self.cache_dir)
                 self._engines[key] = engine
-                clip.on_release(engine_release(engine))
+                clip.on_release(engine.release)
             return key, self._engines[key]
 
     def _account_index(self, clip: Resident, key: tuple, engine: Interrogator) -> None:
@@ -252,8 +252,7 @@ class Runtime:
         with self._lock:
             built = self._indexed.setdefault(clip.key, set())
             built.add(key)
-            per_byte = 2 if clip.load_device.type != "cpu" else 4  # fp16 on accelerators, fp32 on the CPU
-            clip.extra_bytes = sum(per_byte * self._engines[k].index.nbytes for k in built)
+            clip.extra_bytes = sum(self._engines[k].index.device_nbytes(clip.load_device) for k in built)
 
     # -- running --------------------------------------------------------------------------------------------------
     def run(self, spec: InterrogatorSpec, images, mode: str, caption: Optional[str] = None,
@@ -319,13 +318,6 @@ class Runtime:
             else:
                 self.cache.unload()
             return count
-
-
-def engine_release(engine: Interrogator):
-    def release():
-        if engine._index is not None:
-            engine._index.release()
-    return release
 
 
 def analysis_text(results: Sequence[Dict[str, List[Tuple[str, float]]]]) -> List[str]:

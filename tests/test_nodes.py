@@ -334,20 +334,20 @@ def test_unload_and_free_release_models_and_label_matrices(comfy, batch):
     rt = comfy.runtime_module.runtime()
     clip = rt.clip(handle)
     engine = rt.engine(handle, clip)[1]
-    assert engine._index._whole  # scoring matrices on the device
+    assert engine.index.on_device  # scoring matrices on the device
     assert len(comfy.loaded_patchers()) == 2
 
     out = node(comfy, "ClipInterrogatorUnload").unload([False], ["a prompt"])
     assert out["result"] == (["a prompt"],)
     assert comfy.loaded_patchers() == [] and clip.handle.detached == 1
-    assert engine._index._whole == {} and engine._index._gathered == {}
+    assert not engine.index.on_device
     assert len(rt.cache) == 2  # still cached in RAM: they come back on next use
 
     again = interrogate(comfy, handle, batch, mode="fast")["result"][0]
     assert again == before and len(comfy.loaded_patchers()) == 2
 
     comfy.mm.unload_all_models()  # what POST /free {"unload_models": true} runs
-    assert comfy.loaded_patchers() == [] and engine._index._whole == {}
+    assert comfy.loaded_patchers() == [] and not engine.index.on_device
     assert interrogate(comfy, handle, batch, mode="fast")["result"][0] == before
 
     node(comfy, "ClipInterrogatorUnload").unload([True])
