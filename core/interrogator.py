@@ -135,9 +135,8 @@ class Interrogator:
         head = ", ".join(p for p in (" ".join(p for p in (medium, artist) if p), movement) if p)
         flavors = self._rank(features, [n for n in self._names("flavor") if n in style],
                              self.settings.flavor_intermediate_count)
-        start = head or ""
-        sim = self._similarities(features, [start])[0] if start else 0.0
-        return self._chain(features, flavors, start, sim, 0, max_flavors or self.settings.classic_flavors * 2,
+        sim = self._similarities(features, [head])[0] if head else 0.0
+        return self._chain(features, flavors, head, sim, 0, max_flavors or self.settings.classic_flavors * 2,
                            "Style chain")
 
     # -- the greedy chain ----------------------------------------------------------------------------------------
