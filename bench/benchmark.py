@@ -29,12 +29,22 @@ MODES = ("fast", "classic", "best", "negative")
 
 
 def random_clip(arch: str, device: str, dtype: torch.dtype) -> ClipModel:
+    """An open_clip architecture by name, or an open_clip model config file (``.json``), with random weights."""
+    import json
+
     import open_clip
 
     torch.manual_seed(0)
     precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-    model, _, preprocess = open_clip.create_model_and_transforms(arch, precision=precision, device=device)
-    return ClipModel(model, preprocess, open_clip.get_tokenizer(arch), f"{arch}/random")
+    if not arch.endswith(".json"):
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, precision=precision, device=device)
+        return ClipModel(model, preprocess, open_clip.get_tokenizer(arch), f"{arch}/random")
+    with open(arch, encoding="utf-8") as file:
+        model = open_clip.CLIP(**json.load(file)).to(device)
+    if dtype != torch.float32:
+        open_clip.convert_weights_to_lp(model, dtype=dtype)
+    preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
+    return ClipModel(model, preprocess, open_clip.SimpleTokenizer(context_length=model.context_length), "custom/random")
 
 
 def write_lists(folder: str, source: Vocabulary, labels: int) -> int:
@@ -43,7 +53,7 @@ def write_lists(folder: str, source: Vocabulary, labels: int) -> int:
              for role in ("artist", "flavor", "medium", "movement", "negative")}
     fixed = len(terms["medium"]) + len(terms["movement"]) + 72
     room = max(labels - fixed, 2)
-    artists = min(len(terms["artist"]), room // 6)  # each artist gives two labels
+    artists = max(1, min(len(terms["artist"]), room // 6))  # each artist gives two labels; never an empty file
     terms["artist"] = terms["artist"][:artists]
     terms["flavor"] = terms["flavor"][:room - 2 * artists]
     names = {"artist": "artists", "flavor": "flavors", "medium": "mediums", "movement": "movements",
@@ -80,7 +90,9 @@ def run(args) -> list:
         data = work
         n_labels = write_lists(work, Vocabulary.builtin(), args.labels)
 
-    config = ci.Config(clip_model_name=f"{args.arch}/random", caption_model_name=None, device=args.device,
+    # the reference only uses this name to pick its tokenizer: a config file's model uses CLIP's plain BPE one
+    tokenizer_arch = "ViT-B-32" if args.arch.endswith(".json") else args.arch
+    config = ci.Config(clip_model_name=f"{tokenizer_arch}/random", caption_model_name=None, device=args.device,
                        data_path=data, cache_path=None, download_cache=False, chunk_size=args.chunk_size,
                        flavor_intermediate_count=args.intermediate, quiet=True)
     config.clip_model, config.clip_preprocess = clip.model, clip.preprocess
@@ -126,7 +138,7 @@ def run(args) -> list:
 def print_table(args, rows, n_labels) -> None:
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{args.arch}, {args.dtype}, {device}, {n_labels:,} labels, flavor_intermediate_count "
+    print(f"\n{os.path.basename(args.arch)}, {args.dtype}, {device}, {n_labels:,} labels, flavor_intermediate_count "
           f"{args.intermediate}, {args.repeats} runs per mode (median)\n")
     print("| work | reference s | ours s | speed-up | peak GPU GiB ref / ours | identical prompt |")
     print("|---|---|---|---|---|---|")
@@ -141,7 +153,7 @@ def print_table(args, rows, n_labels) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="ViT-B-32")
+    parser.add_argument("--arch", default="ViT-B-32", help="open_clip architecture, or an open_clip model config .json")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default=None)
     parser.add_argument("--labels", type=int, default=5000, help="approximate size of the ranked pool")

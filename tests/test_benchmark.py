@@ -1,0 +1,27 @@
+"""The benchmark script runs end to end and its prompts match the reference (a smoke test, not a timing test)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.tiny_models import TINY_CLIP_CONFIG
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_prints_a_table_of_identical_prompts(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "benchmark.py"), "--arch", str(config), "--device", "cpu",
+         "--labels", "1500", "--intermediate", "32", "--repeats", "1"],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| work | reference s | ours s | speed-up")
+    modes = {row.split(" | ")[0][2:]: row for row in rows[1:]}
+    assert set(modes) == {"embed all labels (first run)", "reload embeddings from cache", "fast mode",
+                          "classic mode", "best mode", "negative mode"}
+    for mode in ("fast mode", "classic mode", "best mode", "negative mode"):
+        assert modes[mode].rstrip().endswith("| yes |"), modes[mode]
