@@ -92,12 +92,7 @@ class TextEncoder:
         batches = self._batches([len(s) for s in sequences])
         steps = Steps(hook, len(batches), desc)
         for rows in batches:
-            length = max(len(sequences[i]) for i in rows)
-            tokens = torch.zeros(len(rows), length, dtype=torch.long)
-            for r, i in enumerate(rows):
-                tokens[r, :len(sequences[i])] = torch.as_tensor(sequences[i])
-            ends = torch.tensor([len(sequences[i]) - 1 for i in rows])
-            out[rows] = self._forward(tokens.to(device), ends.to(device))
+            out[rows] = self._forward(*_padded(sequences, rows, device))
             steps.advance()
         return out
 
@@ -111,12 +106,8 @@ class TextEncoder:
         past = self._run_blocks(torch.as_tensor([list(prefix)], device=device), None)[1]
         out = torch.empty(len(tails), self._output_dim(), dtype=torch.float32, device=device)
         for rows in self._batches([len(t) for t in tails]):
-            length = max(len(tails[i]) for i in rows)
-            tokens = torch.zeros(len(rows), length, dtype=torch.long)
-            for r, i in enumerate(rows):
-                tokens[r, :len(tails[i])] = torch.as_tensor(tails[i])
-            ends = torch.tensor([len(tails[i]) - 1 for i in rows], device=device)
-            out[rows] = self._pool(self._run_blocks(tokens.to(device), past)[0], ends)
+            tokens, ends = _padded(tails, rows, device)
+            out[rows] = self._pool(self._run_blocks(tokens, past)[0], ends)
         return out
 
     def _batches(self, lengths: Sequence[int]) -> List[List[int]]:
@@ -203,6 +194,15 @@ class TextEncoder:
         if not rows:
             return torch.empty(0, self._output_dim(), device=device)
         return torch.cat(rows)
+
+
+def _padded(sequences: Sequence[Sequence[int]], rows: Sequence[int], device):
+    """Some sequences as one zero-padded batch, with each one's last position (padding after it is never seen)."""
+    tokens = torch.zeros(len(rows), max(len(sequences[i]) for i in rows), dtype=torch.long)
+    for r, i in enumerate(rows):
+        tokens[r, :len(sequences[i])] = torch.as_tensor(sequences[i])
+    ends = torch.tensor([len(sequences[i]) - 1 for i in rows])
+    return tokens.to(device), ends.to(device)
 
 
 def _block_forward(block, x: torch.Tensor, past: Optional[Tuple[torch.Tensor, torch.Tensor]]):
