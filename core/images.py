@@ -1,7 +1,7 @@
 """Turn what users hand us (PIL images, ComfyUI IMAGE tensors, files) into a list of RGB PIL images."""
 
 import os
-from typing import Iterable, List, Sequence, Union
+from typing import Iterable, List, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError

@@ -197,7 +197,7 @@ class Interrogator:
         encoder = self.encoder
         if not encoder.fast:
             return self._similarities_tensor(features, [f"{current}, {c}" for c in candidates])
-        prefix = [encoder.sot, *encoder.tokenizer.encode(current + ",")]
+        prefix = [encoder.sot, *encoder.ids(current + ",")]  # memoised: the fit check tokenised it already
         if len(prefix) >= encoder.context_length:  # the prefix alone overflows: the tokenizer's truncation decides
             sequences = [encoder.sequence(prefix[1:] + encoder.ids(c)) for c in candidates]
             text = encoder.encode_sequences(sequences)

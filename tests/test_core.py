@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core import (Cancelled, ImageError, Interrogator, ModelLoadError, ModelNotFoundError, Settings, VocabError,
+from core import (Cancelled, ImageError, Interrogator, ModelLoadError, ModelNotFoundError, VocabError,
                   Vocabulary, load_captioner, load_clip)
 from core.embeddings import EmbeddingCache, LabelIndex
 from core.images import as_pil_list

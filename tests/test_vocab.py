@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from core import Interrogator, Settings, VocabError, Vocabulary
+from core import Interrogator, VocabError, Vocabulary
 
 
 @pytest.fixture(scope="module")
