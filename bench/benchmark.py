@@ -21,11 +21,11 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core import Interrogator, Settings, Vocabulary  # noqa: E402
+from core import MODES, Interrogator, Settings, Vocabulary  # noqa: E402
 from core.clip_model import ClipModel  # noqa: E402
 
 CAPTION = "a painting of a woman standing in a garden with flowers"
-MODES = ("fast", "classic", "best", "negative")
+REFERENCE_MODES = [m.name for m in MODES.values() if m.reference]
 
 
 def random_clip(arch: str, device: str, dtype: torch.dtype) -> ClipModel:
@@ -102,27 +102,17 @@ def run(args) -> list:
     rows = []
     ref_s, ref_mem, reference = timed(lambda: ci.Interrogator(config), args.device)
     cache = os.path.join(work, "cache")
-    our_s, our_mem, _ = timed(lambda: Interrogator(clip, None, vocab, cache_dir=cache, settings=settings).index,
-                              args.device)
+    our_s, our_mem, _ = timed(
+        lambda: Interrogator(clip, None, vocab, cache_dir=cache, settings=settings).label_index(), args.device)
     rows.append(("embed all labels (first run)", [ref_s], [our_s], ref_mem, our_mem, None))
-    reload_s, _, _ = timed(lambda: Interrogator(clip, None, vocab, cache_dir=cache, settings=settings).index,
-                           args.device)
+    reload_s, _, _ = timed(
+        lambda: Interrogator(clip, None, vocab, cache_dir=cache, settings=settings).label_index(), args.device)
     rows.append(("reload embeddings from cache", [float("nan")], [reload_s], None, None, None))
 
     ours = Interrogator(clip, None, vocab, cache_dir=cache, settings=settings)
-    ours.index  # noqa: B018 - load the cached embeddings now, so the mode timings below exclude it
-    calls = {
-        "fast": (lambda: reference.interrogate_fast(image, caption=CAPTION),
-                 lambda: ours.interrogate(image, "fast", captions=CAPTION)[0]),
-        "classic": (lambda: reference.interrogate_classic(image, caption=CAPTION),
-                    lambda: ours.interrogate(image, "classic", captions=CAPTION)[0]),
-        "best": (lambda: reference.interrogate(image, caption=CAPTION),
-                 lambda: ours.interrogate(image, "best", captions=CAPTION)[0]),
-        "negative": (lambda: reference.interrogate_negative(image),
-                     lambda: ours.interrogate(image, "negative")[0]),
-    }
+    ours.label_index()  # load the cached embeddings now, so the mode timings below exclude it
     for mode in args.modes:
-        ref_call, our_call = calls[mode]
+        ref_call, our_call = _calls(reference, ours, image, MODES[mode])
         ref_times, our_times, ref_peak, our_peak = [], [], 0.0, 0.0
         for _ in range(args.repeats):
             t, m, expected = timed(ref_call, args.device)
@@ -133,6 +123,13 @@ def run(args) -> list:
             our_peak = max(our_peak, m or 0)
         rows.append((f"{mode} mode", ref_times, our_times, ref_peak or None, our_peak or None, got == expected))
     return rows, n_labels, clip
+
+
+def _calls(reference, ours, image, mode):
+    """The reference's call and ours for one mode, on the same image and caption."""
+    caption = {"caption": CAPTION} if mode.captioned else {}
+    return (lambda: getattr(reference, mode.reference)(image, **caption),
+            lambda: ours.interrogate(image, mode.name, captions=caption.get("caption"))[0])
 
 
 def print_table(args, rows, n_labels) -> None:
@@ -162,9 +159,12 @@ def main(argv=None) -> int:
     parser.add_argument("--intermediate", type=int, default=2048, help="flavor_intermediate_count (chain width)")
     parser.add_argument("--chunk-size", type=int, default=2048, help="the reference's chunk_size")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default=",".join(REFERENCE_MODES))
     args = parser.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
+    unknown = set(args.modes) - set(REFERENCE_MODES)
+    if unknown:
+        parser.error(f"no reference to compare for {', '.join(sorted(unknown))}; use {', '.join(REFERENCE_MODES)}")
     args.dtype = args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
     warnings.filterwarnings("ignore")
     with torch.no_grad():

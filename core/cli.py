@@ -12,7 +12,8 @@ from .caption import CAPTION_MODELS, DEFAULT_CAPTION_MODEL, load_captioner
 from .clip_model import DEFAULT_CLIP, PRESETS, load_clip
 from .errors import InterrogatorError
 from .images import find_images, open_image
-from .interrogator import MODES, Interrogator, Settings
+from .interrogator import Interrogator, Settings, caption_needed
+from .modes import MODES
 from .vocab import Vocabulary
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -31,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("interrogate", help="write a prompt for each image")
     run.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders (walked)")
-    run.add_argument("--mode", choices=MODES, default="best")
+    run.add_argument("--mode", choices=list(MODES), default="best",
+                     help="; ".join(f"{m.name}: {m.description}" for m in MODES.values()))
     run.add_argument("--clip", default=None, help=f"open_clip 'arch/pretrained' (default {DEFAULT_CLIP}; presets: "
                                                   f"{', '.join(PRESETS)})")
     run.add_argument("--clip-weights", metavar="FILE", help="local CLIP .safetensors file")
@@ -46,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--user-vocab", metavar="DIR", help="folder of extra term lists")
     run.add_argument("--no-list", action="append", default=[], metavar="NAME", help="switch a term list off")
     run.add_argument("--ban", action="append", default=[], metavar="TERM", help="a term that must never appear")
-    run.add_argument("--max-flavors", type=int, default=None)
+    run.add_argument("--max-terms", "--max-flavors", dest="max_terms", type=int, default=None,
+                     help="most terms to add (default: the mode's: " +
+                          ", ".join(f"{m.name} {m.max_terms}" for m in MODES.values()) + ")")
     run.add_argument("--reference", action="store_true", help="reproduce clip-interrogator 0.6.0's quirks exactly")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto")
@@ -85,18 +89,18 @@ def _vocabulary(args) -> Vocabulary:
     return vocab.with_user_lists(args.user_vocab).without(args.no_list).banning(args.ban)
 
 
-def build(args, hook) -> Interrogator:
+def build(args) -> Interrogator:
     device = default_device() if args.device == "auto" else args.device
     dtype = DTYPES.get(args.dtype) or (torch.float16 if device.startswith("cuda") else torch.float32)
     vocab = _vocabulary(args)
-    caption_name = "none" if args.caption or args.mode in ("negative", "style") else args.caption_model
+    caption_name = args.caption_model if caption_needed(args.mode, args.caption) else "none"
     captioner = load_captioner(caption_name, models_dir=args.models_dir, device=device, dtype=dtype)
     clip = load_clip(args.clip, weights=args.clip_weights, config=args.clip_config, models_dir=args.models_dir,
                      device=device, dtype=dtype)
     cache_dir = args.cache_dir or (os.path.join(args.models_dir, "cache") if args.models_dir else
                                    os.path.join(os.path.expanduser("~"), ".cache", "clip_interrogator_nodes"))
     settings = Settings.reference() if args.reference else Settings()
-    return Interrogator(clip, captioner, vocab, cache_dir=cache_dir, settings=settings, progress=hook)
+    return Interrogator(clip, captioner, vocab, cache_dir=cache_dir, settings=settings)
 
 
 def _write(path: str, rows: List[List[str]], mode: str) -> None:
@@ -117,8 +121,8 @@ def interrogate(args) -> int:
         raise InterrogatorError(f"no images found in {', '.join(args.inputs)}")
     images = [open_image(p) for p in paths]
     hook = _TqdmHook(not args.quiet)
-    engine = build(args, hook)
-    prompts = engine.interrogate(images, args.mode, captions=args.caption, max_flavors=args.max_flavors)
+    engine = build(args)
+    prompts = engine.interrogate(images, args.mode, captions=args.caption, max_terms=args.max_terms, progress=hook)
     hook.close()
     rows = [[path, prompt] for path, prompt in zip(paths, prompts)]
     for path, prompt in rows:

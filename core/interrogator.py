@@ -12,19 +12,16 @@ import torch
 from .embeddings import EmbeddingCache, LabelIndex
 from .errors import InterrogatorError
 from .images import as_pil_list
+from .modes import get_mode
 from .progress import ProgressHook, Steps
 from .text_encoder import TextEncoder
 from .vocab import Vocabulary
-
-MODES = ("fast", "classic", "best", "negative", "style")
 
 
 @dataclass(frozen=True)
 class Settings:
     flavor_intermediate_count: int = 2048  # candidates the chain searches
     min_flavors: int = 8  # chain steps taken even when they lower the similarity
-    max_flavors: int = 32
-    classic_flavors: int = 3
     # Ours: prompts never exceed the text encoder's context, so nothing the encoder drops is in the prompt.
     # Reference: its chain may append a term the encoder truncates, and its fit check ignores the ", ".
     fit_token_budget: bool = True
@@ -41,26 +38,33 @@ class Settings:
 Captions = Union[None, str, Sequence[Optional[str]]]
 
 
+def caption_needed(mode: str, captions: Captions) -> bool:
+    """Whether a mode, given these captions (see ``Interrogator.captions``), has to run the caption model."""
+    if not get_mode(mode).captioned:
+        return False
+    if captions is None or isinstance(captions, str):
+        return not captions
+    return not all(captions)
+
+
 class Interrogator:
     """Turns images into prompts with one CLIP model, an optional caption model and a vocabulary."""
 
     def __init__(self, clip, captioner=None, vocab: Optional[Vocabulary] = None, *, cache_dir: Optional[str] = None,
-                 settings: Settings = Settings(), progress: Optional[ProgressHook] = None):
+                 settings: Settings = Settings()):
         self.clip = clip
-        self.captioner = captioner
+        self.captioner = captioner  # the default caption model; a call may pass another
         self.vocab = vocab if vocab is not None else Vocabulary.builtin()
         self.settings = settings
-        self.progress = progress
         self.encoder = TextEncoder(clip)
         self.cache = EmbeddingCache(cache_dir)
         self._index: Optional[LabelIndex] = None
 
     # -- public API ----------------------------------------------------------------------------------------------
-    @property
-    def index(self) -> LabelIndex:
+    def label_index(self, progress: Optional[ProgressHook] = None) -> LabelIndex:
         """All labels embedded (built on first use, from the disk cache when it matches)."""
         if self._index is None:
-            self._index = LabelIndex(self.vocab, self.encoder, self.cache, self.progress)
+            self._index = LabelIndex(self.vocab, self.encoder, self.cache, progress)
         return self._index
 
     def release(self) -> None:
@@ -68,66 +72,95 @@ class Interrogator:
         if self._index is not None:
             self._index.release()
 
-    def caption(self, images) -> List[str]:
-        images = as_pil_list(images)
-        if self.captioner is None:
+    def caption(self, images, captioner=None, progress: Optional[ProgressHook] = None) -> List[str]:
+        """The caption model's caption of every image."""
+        captioner = captioner or self.captioner
+        if captioner is None:
             raise InterrogatorError("no caption model is loaded; load one or pass the caption text in.")
-        return self.captioner.caption(images, self.progress)
+        return captioner.caption(as_pil_list(images), progress)
 
-    def interrogate(self, images, mode: str = "best", captions: Captions = None,
-                    max_flavors: Optional[int] = None) -> List[str]:
-        """One prompt per image. ``captions``: None (caption model), one text for all, or one per image."""
-        if mode not in MODES:
-            raise InterrogatorError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+    def captions(self, images, mode: str = "best", captions: Captions = None, captioner=None,
+                 progress: Optional[ProgressHook] = None) -> List[str]:
+        """The caption each image's prompt starts with: ``captions`` is None (the caption model), one text for
+        all, or one per image (an empty one is captioned); modes without a caption get "", and so does every
+        image when there is no caption model."""
         images = as_pil_list(images)
-        texts = self._captions(images, captions) if mode in ("fast", "classic", "best") else [""] * len(images)
+        if isinstance(captions, str) or captions is None:
+            captions = [captions] * len(images)
+        if len(captions) != len(images):
+            raise InterrogatorError(f"{len(captions)} captions were given for {len(images)} images.")
+        if not get_mode(mode).captioned:
+            return [""] * len(images)
+        captions = [c or "" for c in captions]
+        captioner = captioner or self.captioner
+        missing = [i for i, c in enumerate(captions) if not c]
+        if missing and captioner is not None:
+            for i, text in zip(missing, self.caption([images[i] for i in missing], captioner, progress)):
+                captions[i] = text
+        return captions
+
+    def interrogate(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
+                    captioner=None, progress: Optional[ProgressHook] = None) -> List[str]:
+        """One prompt per image. ``captions`` and ``captioner``: see ``captions``; ``max_terms``: the most terms
+        added (default: the mode's)."""
+        spec = get_mode(mode)
+        if max_terms is not None and (isinstance(max_terms, bool) or not isinstance(max_terms, int) or max_terms < 0):
+            raise InterrogatorError(f"max_terms must be a whole number >= 0 (0: the mode's default of "
+                                    f"{spec.max_terms}), got {max_terms!r}.")
+        images = as_pil_list(images)
+        texts = self.captions(images, mode, captions, captioner, progress)
+        self.label_index(progress)
         features = self.clip.encode_images(images)
         run = getattr(self, f"_{mode}")
-        steps = Steps(self.progress if len(images) > 1 else None, len(images), f"Interrogating ({mode})")
+        max_terms = max_terms or spec.max_terms
+        steps = Steps(progress if len(images) > 1 else None, len(images), f"Interrogating ({mode})")
         prompts = []
         for i in range(len(images)):
-            prompts.append(run(features[i:i + 1], texts[i], max_flavors))
+            prompts.append(run(features[i:i + 1], texts[i], max_terms, progress))
             steps.advance()
         return prompts
 
-    def analyze(self, images, top: int = 5) -> List[Dict[str, List[Tuple[str, float]]]]:
+    def analyze(self, images, top: int = 5, progress: Optional[ProgressHook] = None
+                ) -> List[Dict[str, List[Tuple[str, float]]]]:
         """Per image and list, the ``top`` best labels with their cosine similarity to the image."""
-        features = self.clip.encode_images(as_pil_list(images))
-        return [{name: self._rank(features[i:i + 1], [name], top, scores=True) for name in self.index.spans}
+        images = as_pil_list(images)
+        index = self.label_index(progress)
+        features = self.clip.encode_images(images)
+        return [{name: self._rank(features[i:i + 1], [name], top, scores=True) for name in index.spans}
                 for i in range(len(features))]
 
     # -- modes ---------------------------------------------------------------------------------------------------
-    def _fast(self, features, caption: str, max_flavors: Optional[int]) -> str:
-        tops = self._rank(features, self._pool, max_flavors or self.settings.max_flavors)
+    def _fast(self, features, caption: str, max_terms: int, progress=None) -> str:
+        tops = self._rank(features, self._pool, max_terms)
         return self._fit(", ".join([caption, *tops]) if caption else ", ".join(tops))
 
-    def _classic(self, features, caption: str, max_flavors: Optional[int]) -> str:
+    def _classic(self, features, caption: str, max_terms: int, progress=None) -> str:
         top = lambda role, k=1: ", ".join(self._rank(features, self._names(role), k))
         medium, artist, trending, movement = (top(r) for r in ("medium", "artist", "site", "movement"))
-        flavors = top("flavor", max_flavors or self.settings.classic_flavors)
+        flavors = top("flavor", max_terms)
         if medium and caption.startswith(medium):
             head = f"{caption} {artist}" if artist else caption
         else:
             head = ", ".join(p for p in (caption, " ".join(p for p in (medium, artist) if p)) if p)
         return self._fit(", ".join(p for p in (head, trending, movement, flavors) if p))
 
-    def _best(self, features, caption: str, max_flavors: Optional[int]) -> str:
-        max_flavors = max_flavors or self.settings.max_flavors
+    def _best(self, features, caption: str, max_terms: int, progress=None) -> str:
         flavors = self._rank(features, self._pool, self.settings.flavor_intermediate_count)
         chained = self._chain(features, flavors, caption, self._similarities(features, [caption])[0],
-                              self.settings.min_flavors, max_flavors, "Flavor chain")
-        candidates = [caption, self._classic(features, caption, max_flavors),
-                      self._fast(features, caption, max_flavors), chained]
+                              self.settings.min_flavors, max_terms, "Flavor chain", progress)
+        # the reference hands best's own term count to classic and fast here
+        candidates = [caption, self._classic(features, caption, max_terms),
+                      self._fast(features, caption, max_terms), chained]
         scores = self._similarities(features, candidates)
         return candidates[max(range(len(scores)), key=lambda i: (scores[i], -i))]
 
-    def _negative(self, features, _caption: str, max_flavors: Optional[int]) -> str:
+    def _negative(self, features, _caption: str, max_terms: int, progress=None) -> str:
         flavors = self._rank(features, self._names("flavor"), self.settings.flavor_intermediate_count, reverse=True)
         negatives = [label for name in self._names("negative") for label in self._list_labels(name)]
-        return self._chain(features, flavors + negatives, "", 0.0, self.settings.min_flavors,
-                           max_flavors or self.settings.max_flavors, "Negative chain", reverse=True)
+        return self._chain(features, flavors + negatives, "", 0.0, self.settings.min_flavors, max_terms,
+                           "Negative chain", progress, reverse=True)
 
-    def _style(self, features, _caption: str, max_flavors: Optional[int]) -> str:
+    def _style(self, features, _caption: str, max_terms: int, progress=None) -> str:
         """Medium, artist, movement and the flavors that best extend them: a look without a subject."""
         style = {tl.name for tl in self.vocab.style}
         pick = lambda role: ", ".join(self._rank(features, [n for n in self._names(role) if n in style], 1))
@@ -136,12 +169,11 @@ class Interrogator:
         flavors = self._rank(features, [n for n in self._names("flavor") if n in style],
                              self.settings.flavor_intermediate_count)
         sim = self._similarities(features, [head])[0] if head else 0.0
-        return self._chain(features, flavors, head, sim, 0, max_flavors or self.settings.classic_flavors * 2,
-                           "Style chain")
+        return self._chain(features, flavors, head, sim, 0, max_terms, "Style chain", progress)
 
     # -- the greedy chain ----------------------------------------------------------------------------------------
     def _chain(self, features, phrases: List[str], best_prompt: str, best_sim: float, min_count: int,
-               max_count: int, desc: str, reverse: bool = False) -> str:
+               max_count: int, desc: str, progress: Optional[ProgressHook] = None, reverse: bool = False) -> str:
         """Greedily append the phrase that most raises (``reverse``: lowers) the prompt's similarity.
 
         Candidates are kept in a ``set`` and visited in its order, as the reference does, so exact ties (which
@@ -160,7 +192,7 @@ class Interrogator:
                 best_sim = -best_sim
             phrases.remove(best_prompt)
         current, current_sim = best_prompt, best_sim
-        steps = Steps(self.progress, max_count, desc)
+        steps = Steps(progress, max_count, desc)
         for idx in range(max_count):
             candidates = self._chain_candidates(current, phrases)
             if not candidates:
@@ -234,12 +266,12 @@ class Interrogator:
         return [tl.name for tl in self.vocab.by_role(role)]
 
     def _list_labels(self, name: str) -> List[str]:
-        start, end = self.index.spans[name]
-        return self.index.labels[start:end]
+        start, end = self._index.spans[name]
+        return self._index.labels[start:end]
 
     def _rank(self, features, names: List[str], k: int, reverse: bool = False, scores: bool = False):
         """The top ``k`` labels of some lists, best first (``reverse``: least similar first)."""
-        labels, matrix = self.index.rows(names, self.clip.device)
+        labels, matrix = self._index.rows(names, self.clip.device)
         if not labels or k <= 0:
             return []
         image = features.to(matrix.device, matrix.dtype)
@@ -252,19 +284,6 @@ class Interrogator:
         if scores:
             return [(labels[i], float(image[0].float() @ matrix[i].float())) for i in top]
         return [labels[i] for i in top]
-
-    def _captions(self, images, captions: Captions) -> List[str]:
-        if isinstance(captions, str) or captions is None:
-            captions = [captions] * len(images)
-        if len(captions) != len(images):
-            raise InterrogatorError(f"{len(captions)} captions were given for {len(images)} images.")
-        missing = [i for i, c in enumerate(captions) if not c]
-        if missing and self.captioner is not None:
-            generated = self.captioner.caption([images[i] for i in missing], self.progress)
-            captions = list(captions)
-            for i, text in zip(missing, generated):
-                captions[i] = text
-        return [c or "" for c in captions]
 
 
 def _approximate_top(image, matrix, k: int, chunk: int, reverse: bool) -> List[int]:

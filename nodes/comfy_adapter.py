@@ -19,7 +19,7 @@ from typing import List, Optional
 
 import torch
 
-from ..core.model_cache import Resident
+from .model_cache import Resident
 
 FOLDER = "clip_interrogator"
 log = logging.getLogger("clip_interrogator")
@@ -132,7 +132,7 @@ def register_folder() -> None:
 
 
 class ComfyMemory:
-    """Hands our models to ComfyUI's model management (same methods as core.model_cache.SimpleMemory)."""
+    """Hands our models to ComfyUI's model management (same methods as .model_cache.SimpleMemory)."""
 
     def __init__(self, mm):
         self.mm = mm

@@ -1,8 +1,9 @@
 """The pack's nodes: thin declarations over :mod:`.runtime`, in the style of ComfyUI's comfy_extras/nodes_*.py."""
 
-from ..core import DEFAULT_CLIP
-from .runtime import (CAPTION_PRESETS, DEVICES, PRECISIONS, VOCABULARIES, InterrogatorSpec, analysis_json,
-                      analysis_text, runtime)
+from ..core import DEFAULT_CLIP, MODES
+from .display import analysis_json, analysis_text
+from .model_files import CAPTION_PRESETS
+from .runtime import DEVICES, PRECISIONS, VOCABULARIES, InterrogatorSpec, runtime
 
 CATEGORY = "CLIP Interrogator"
 
@@ -10,22 +11,27 @@ IMAGE_INPUT = ("IMAGE", {"tooltip": "The image(s) to describe. A batch of N imag
 INTERROGATOR_INPUT = ("INTERROGATOR", {"tooltip": "The models to use, from a Load Interrogator node."})
 
 
-def max_flavors_input(default_text: str):
+def captioned_modes():
+    return [m.name for m in MODES.values() if m.captioned]
+
+
+def max_flavors_input(*modes: str):
+    defaults = ", ".join(f"{MODES[m].max_terms} for {m}" for m in modes)
     return ("INT", {"default": 0, "min": 0, "max": 128, "step": 1,
-                    "tooltip": f"Most descriptive terms to add; 0 uses the mode's default ({default_text})."})
+                    "tooltip": f"Most descriptive terms to add; 0 uses the mode's default ({defaults})."})
 
 
 class LoadInterrogator:
     @classmethod
     def INPUT_TYPES(cls):
-        rt = runtime()
+        files = runtime().files
         return {
             "required": {
-                "clip_model": (rt.clip_choices(), {"default": DEFAULT_CLIP, "tooltip": (
+                "clip_model": (files.clip_choices(), {"default": DEFAULT_CLIP, "tooltip": (
                     "CLIP model that ranks the terms. Match your checkpoint: ViT-L-14/openai for SD 1.x, ViT-H-14 for "
                     "SD 2.x, ViT-bigG-14 for SDXL. Local .safetensors files in models/clip_interrogator are listed "
                     "too (a custom architecture needs a .json config beside the file).")}),
-                "caption_model": (rt.caption_choices(), {"default": CAPTION_PRESETS[0], "tooltip": (
+                "caption_model": (files.caption_choices(), {"default": CAPTION_PRESETS[0], "tooltip": (
                     "Model that writes the caption (the subject) the prompt starts with; 'none' for prompts without "
                     "a caption. Local model folders in models/clip_interrogator are listed too.")}),
                 "precision": (list(PRECISIONS), {"default": "auto", "tooltip": (
@@ -70,8 +76,7 @@ class _PromptNode:
     FUNCTION = "run"
 
     def _prompts(self, image, interrogator, mode, max_flavors, caption=None):
-        prompts, captions = runtime().run(interrogator, image, mode, caption=caption, max_flavors=max_flavors)
-        return prompts, captions
+        return runtime().run(interrogator, image, mode, caption=caption, max_terms=max_flavors)
 
 
 class InterrogateImage(_PromptNode):
@@ -81,10 +86,9 @@ class InterrogateImage(_PromptNode):
             "required": {
                 "image": IMAGE_INPUT,
                 "interrogator": INTERROGATOR_INPUT,
-                "mode": (["best", "classic", "fast"], {"default": "best", "tooltip": (
-                    "best: caption + the terms that raise CLIP similarity most (slowest, best); classic: caption, "
-                    "medium, artist, site, movement and a few terms; fast: caption + the top terms.")}),
-                "max_flavors": max_flavors_input("32 for best and fast, 3 for classic"),
+                "mode": (captioned_modes(), {"default": "best", "tooltip": "; ".join(
+                    f"{m}: {MODES[m].description}" for m in captioned_modes())}),
+                "max_flavors": max_flavors_input(*captioned_modes()),
             },
             "optional": {
                 "caption": ("STRING", {"default": "", "multiline": True, "tooltip": (
@@ -108,7 +112,7 @@ class StyleOnlyPrompt(_PromptNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"image": IMAGE_INPUT, "interrogator": INTERROGATOR_INPUT,
-                             "max_flavors": max_flavors_input("6")}}
+                             "max_flavors": max_flavors_input("style")}}
 
     OUTPUT_TOOLTIPS = ("One style prompt per image: medium, artist, movement and look, without the subject.",)
     DESCRIPTION = "Describes the image's style (medium, artist, movement, look) without its subject."
@@ -122,7 +126,7 @@ class NegativePrompt(_PromptNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"image": IMAGE_INPUT, "interrogator": INTERROGATOR_INPUT,
-                             "max_flavors": max_flavors_input("32")}}
+                             "max_flavors": max_flavors_input("negative")}}
 
     OUTPUT_TOOLTIPS = ("One negative prompt per image: the terms least like it, for the negative encoder.",)
     DESCRIPTION = "Writes a negative prompt: the terms that describe the image least."

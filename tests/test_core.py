@@ -217,18 +217,29 @@ def test_cancelled_embedding_leaves_no_cache_file(clip, small_vocab, tmp_path):
 # -- modes -----------------------------------------------------------------------------------------------------------
 def test_modes_and_progress(clip, small_vocab, images, tmp_path):
     seen = []
-    engine = Interrogator(clip, None, small_vocab, cache_dir=str(tmp_path), progress=lambda *a: seen.append(a))
-    fast = engine.interrogate(images[0], "fast", captions="a cat", max_flavors=4)[0]
+    hook = lambda *a: seen.append(a)
+    engine = Interrogator(clip, None, small_vocab, cache_dir=str(tmp_path))
+    fast = engine.interrogate(images[0], "fast", captions="a cat", max_terms=4, progress=hook)[0]
     assert fast.startswith("a cat, ") and fast.count(", ") == 4
     classic = engine.interrogate(images[0], "classic", captions="a cat")[0]
     assert classic.startswith("a cat, ") and " by " in classic
-    assert engine.interrogate(images[0], "best", captions="a cat")[0].startswith("a cat")
-    negative = engine.interrogate(images[0], "negative")[0].split(", ")
+    assert engine.interrogate(images[0], "best", captions="a cat", progress=hook)[0].startswith("a cat")
+    negative = engine.interrogate(images[0], "negative", progress=hook)[0].split(", ")
     allowed = set(small_vocab["flavors"].terms) | set(small_vocab["negative"].terms)
     assert negative and set(negative) <= allowed and len(set(negative)) == len(negative)
     assert {d for _, _, d in seen} >= {"Embedding flavors", "Flavor chain", "Negative chain"}
     with pytest.raises(Exception, match="unknown mode"):
         engine.interrogate(images[0], "sideways")
+
+
+def test_every_mode_is_one_row_with_its_method_and_the_cli_offers_it():
+    from core import MODES
+    from core.cli import _parser
+
+    for mode in MODES.values():
+        assert callable(getattr(Interrogator, f"_{mode.name}", None)), mode.name
+    interrogate = _parser()._subparsers._group_actions[0].choices["interrogate"]
+    assert next(a for a in interrogate._actions if a.dest == "mode").choices == list(MODES)
 
 
 def test_prompts_fit_the_token_budget(clip, images, tmp_path):

@@ -272,6 +272,19 @@ def test_best_and_classic_modes(comfy, batch):
     assert best != classic
 
 
+def test_a_new_mode_row_reaches_the_nodes_with_its_caption(comfy, batch, monkeypatch):
+    """A mode is one row of core's table: the node offers it and the runtime captions for it, no other list."""
+    modes = sys.modules[f"{PACK}.core.modes"]
+    engine_class = sys.modules[f"{PACK}.core.interrogator"].Interrogator
+    monkeypatch.setitem(modes.MODES, "quick", modes.Mode("quick", True, 2, "fast, with two terms"))
+    monkeypatch.setattr(engine_class, "_quick", engine_class._fast, raising=False)
+    declared = comfy.pack.NODE_CLASS_MAPPINGS["ClipInterrogatorInterrogate"].INPUT_TYPES()["required"]
+    assert "quick" in declared["mode"][0] and "2 for quick" in declared["max_flavors"][1]["tooltip"]
+    prompts, captions = interrogate(comfy, load(comfy), batch, mode="quick")["result"]
+    assert all(captions) and [p.count(", ") for p in prompts] == [c.count(", ") + 2 for c in captions]
+    assert all(p.startswith(c + ", ") for p, c in zip(prompts, captions))
+
+
 def test_caption_input_skips_the_caption_model(comfy, batch):
     handle = load(comfy)
     prompts, captions = interrogate(comfy, handle, batch, mode="fast", caption="a red fox in snow")["result"]
@@ -334,20 +347,20 @@ def test_unload_and_free_release_models_and_label_matrices(comfy, batch):
     rt = comfy.runtime_module.runtime()
     clip = rt.clip(handle)
     engine = rt.engine(handle, clip)[1]
-    assert engine.index.on_device  # scoring matrices on the device
+    assert engine.label_index().on_device  # scoring matrices on the device
     assert len(comfy.loaded_patchers()) == 2
 
     out = node(comfy, "ClipInterrogatorUnload").unload([False], ["a prompt"])
     assert out["result"] == (["a prompt"],)
     assert comfy.loaded_patchers() == [] and clip.handle.detached == 1
-    assert not engine.index.on_device
+    assert not engine.label_index().on_device
     assert len(rt.cache) == 2  # still cached in RAM: they come back on next use
 
     again = interrogate(comfy, handle, batch, mode="fast")["result"][0]
     assert again == before and len(comfy.loaded_patchers()) == 2
 
     comfy.mm.unload_all_models()  # what POST /free {"unload_models": true} runs
-    assert comfy.loaded_patchers() == [] and not engine.index.on_device
+    assert comfy.loaded_patchers() == [] and not engine.label_index().on_device
     assert interrogate(comfy, handle, batch, mode="fast")["result"][0] == before
 
     node(comfy, "ClipInterrogatorUnload").unload([True])
@@ -399,7 +412,7 @@ def test_vocabulary_options(comfy, batch):
 def test_runtime_works_without_comfyui(models_dir, batch):
     import_pack()
     runtime = sys.modules[f"{PACK}.nodes.runtime"]
-    rt = runtime.Runtime(runtime.PlainEnvironment(models_dir))
+    rt = runtime.Runtime(sys.modules[f"{PACK}.nodes.environment"].PlainEnvironment(models_dir))
     assert rt.env.name == "plain"
     spec = runtime.InterrogatorSpec("tiny-clip.safetensors", "none")
     prompts, captions = rt.run(spec, batch, "fast", caption="a house")
@@ -409,7 +422,7 @@ def test_runtime_works_without_comfyui(models_dir, batch):
 
 def test_simple_memory_keeps_to_its_budget():
     import_pack()
-    cache_module = sys.modules[f"{PACK}.core.model_cache"]
+    cache_module = sys.modules[f"{PACK}.nodes.model_cache"]
 
     class Tracked(torch.nn.Module):
         def __init__(self):

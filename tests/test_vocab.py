@@ -43,13 +43,13 @@ def test_user_list_added_changes_the_output(clip, builtin, images, tmp_path):
     full = _engine(clip, builtin, tmp_path).analyze(images[1], top=1)[0]
     home, ((label, _),) = max(((n, s) for n, s in full.items() if n != "negative"), key=lambda item: item[1][0][1])
     base = builtin.without(names=[home])
-    before = _engine(clip, base, tmp_path).interrogate(images[1], "fast", captions="a cat", max_flavors=1)[0]
+    before = _engine(clip, base, tmp_path).interrogate(images[1], "fast", captions="a cat", max_terms=1)[0]
     user = tmp_path / "user"
     user.mkdir()
     (user / "my_words.txt").write_text(label + "\n", encoding="utf-8")
     extended = base.with_user_lists(str(user))
     assert extended["my_words"].role == "flavor"
-    after = _engine(clip, extended, tmp_path).interrogate(images[1], "fast", captions="a cat", max_flavors=1)[0]
+    after = _engine(clip, extended, tmp_path).interrogate(images[1], "fast", captions="a cat", max_terms=1)[0]
     assert before != after == f"a cat, {label}"
 
 
@@ -66,7 +66,7 @@ def test_switched_off_category_never_appears(clip, builtin, images, tmp_path):
     artist_labels = set(builtin["artists"].labels)
     engine = _engine(clip, no_artists, tmp_path)
     for mode in ("fast", "classic", "best"):
-        parts = engine.interrogate(images[0], mode, captions="a cat", max_flavors=32)[0].split(", ")
+        parts = engine.interrogate(images[0], mode, captions="a cat", max_terms=32)[0].split(", ")
         assert not artist_labels.intersection(parts), mode
     with pytest.raises(VocabError, match="unknown list"):
         builtin.without(names=["nope"])
@@ -74,13 +74,13 @@ def test_switched_off_category_never_appears(clip, builtin, images, tmp_path):
 
 def test_banned_term_never_appears(clip, builtin, images, tmp_path):
     engine = _engine(clip, builtin, tmp_path)
-    first = engine.interrogate(images[2], "fast", captions="a cat", max_flavors=8)[0].split(", ")[1]
+    first = engine.interrogate(images[2], "fast", captions="a cat", max_terms=8)[0].split(", ")[1]
     word = first.split()[-1]
     banned = builtin.banning([word])
     assert all(word.lower() not in t.lower().split() for tl in banned.lists for t in tl.terms)
     engine = _engine(clip, banned, tmp_path)
     for mode in ("fast", "classic", "best", "negative", "style"):
-        prompt = engine.interrogate(images[2], mode, captions="a cat", max_flavors=8)[0]
+        prompt = engine.interrogate(images[2], mode, captions="a cat", max_terms=8)[0]
         assert word.lower() not in prompt.lower().replace(",", " ").split(), (mode, prompt)
 
 

@@ -1,4 +1,4 @@
-"""A shared cache of loaded models that keeps accelerator memory within a budget. Plain Python: no ComfyUI.
+"""A shared cache of loaded models that keeps accelerator memory within a budget. Plain Python: no ComfyUI import.
 
 Each model is loaded once per key (e.g. ``("clip", file, dtype)``) and kept as a :class:`Resident`: the loaded
 object, the ``nn.Module`` that holds its weights, and extra bytes that live beside the weights on the device (the
