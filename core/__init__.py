@@ -3,7 +3,7 @@
 from .caption import CAPTION_MODELS, DEFAULT_CAPTION_MODEL, NO_CAPTION, Captioner, load_captioner
 from .clip_model import DEFAULT_CLIP, PRESETS, ClipModel, load_clip
 from .errors import (Cancelled, ImageError, InterrogatorError, ModelLoadError, ModelNotFoundError, VocabError)
-from .interrogator import Interrogator, Settings, caption_needed
+from .interrogator import Interrogator, Prompt, Settings, caption_needed
 from .modes import MODES, Mode, get_mode
 from .vocab import TermList, Vocabulary
 
@@ -11,5 +11,5 @@ __all__ = [
     "CAPTION_MODELS", "DEFAULT_CAPTION_MODEL", "NO_CAPTION", "Captioner", "load_captioner",
     "DEFAULT_CLIP", "PRESETS", "ClipModel", "load_clip",
     "Cancelled", "ImageError", "InterrogatorError", "ModelLoadError", "ModelNotFoundError", "VocabError",
-    "MODES", "Mode", "get_mode", "Interrogator", "Settings", "caption_needed", "TermList", "Vocabulary",
+    "MODES", "Mode", "get_mode", "Interrogator", "Prompt", "Settings", "caption_needed", "TermList", "Vocabulary",
 ]

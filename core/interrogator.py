@@ -1,18 +1,20 @@
-"""Image -> prompt: the reference's modes (fast, classic, best, negative) plus style-only and analysis.
+"""Image -> prompt: the reference's modes (fast, classic, best, negative) plus style-only, precise and analysis.
 
 Every algorithm follows clip-interrogator 0.6.0 step by step; where we deliberately differ, a ``Settings`` field
 names the difference and ``Settings.reference()`` switches back to the reference's behaviour.
 """
 
+import bisect
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .confidence import KEEP, Calibration, Confidence, Reading, choose, gaps, picks, read
 from .embeddings import EmbeddingCache, LabelIndex
 from .errors import InterrogatorError
-from .images import as_pil_list
-from .modes import get_mode
+from .images import as_pil_list, detail_crops
+from .modes import MODES, get_mode
 from .progress import ProgressHook, Steps
 from .text_encoder import TextEncoder
 from .vocab import Vocabulary
@@ -36,6 +38,20 @@ class Settings:
 
 
 Captions = Union[None, str, Sequence[Optional[str]]]
+GAP_WARNING = "no good term for {}: the image may be outside the vocabulary"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One image's prompt, the caption it starts with, and the lists in which no term fits the image."""
+
+    text: str
+    caption: str
+    gaps: Tuple[str, ...] = ()
+
+    @property
+    def warnings(self) -> List[str]:
+        return [GAP_WARNING.format(name) for name in self.gaps]
 
 
 def caption_needed(mode: str, captions: Captions) -> bool:
@@ -51,11 +67,12 @@ class Interrogator:
     """Turns images into prompts with one CLIP model, an optional caption model and a vocabulary."""
 
     def __init__(self, clip, captioner=None, vocab: Optional[Vocabulary] = None, *, cache_dir: Optional[str] = None,
-                 settings: Settings = Settings()):
+                 settings: Settings = Settings(), calibration: Optional[Calibration] = None):
         self.clip = clip
         self.captioner = captioner  # the default caption model; a call may pass another
         self.vocab = vocab if vocab is not None else Vocabulary.builtin()
         self.settings = settings
+        self.calibration = calibration or Calibration.load()  # precise mode's thresholds
         self.encoder = TextEncoder(clip)
         self.cache = EmbeddingCache(cache_dir)
         self._index: Optional[LabelIndex] = None
@@ -100,13 +117,21 @@ class Interrogator:
         return captions
 
     def interrogate(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
-                    captioner=None, progress: Optional[ProgressHook] = None) -> List[str]:
+                    captioner=None, progress: Optional[ProgressHook] = None, detail: bool = False) -> List[str]:
         """One prompt per image. ``captions`` and ``captioner``: see ``captions``; ``max_terms``: the most terms
-        added (default: the mode's)."""
+        added (default: the mode's); ``detail``: also score crops (modes with a detail pass)."""
+        return [p.text for p in self.prompts(images, mode, captions, max_terms, captioner, progress, detail)]
+
+    def prompts(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
+                captioner=None, progress: Optional[ProgressHook] = None, detail: bool = False) -> List[Prompt]:
+        """``interrogate``, with each prompt's caption and the lists the mode found no good term in."""
         spec = get_mode(mode)
         if max_terms is not None and (isinstance(max_terms, bool) or not isinstance(max_terms, int) or max_terms < 0):
             raise InterrogatorError(f"max_terms must be a whole number >= 0 (0: the mode's default of "
                                     f"{spec.max_terms}), got {max_terms!r}.")
+        if detail and not spec.detail_pass:
+            raise InterrogatorError(f"{mode} mode has no detail pass; use it with "
+                                    f"{', '.join(m.name for m in MODES.values() if m.detail_pass)} mode.")
         images = as_pil_list(images)
         texts = self.captions(images, mode, captions, captioner, progress)
         self.label_index(progress)
@@ -115,8 +140,11 @@ class Interrogator:
         max_terms = max_terms or spec.max_terms
         steps = Steps(progress if len(images) > 1 else None, len(images), f"Interrogating ({mode})")
         prompts = []
-        for i in range(len(images)):
-            prompts.append(run(features[i:i + 1], texts[i], max_terms, progress))
+        for i, image in enumerate(images):
+            options = {"crops": self.clip.encode_images(detail_crops(image))} if detail else {}
+            text = run(features[i:i + 1], texts[i], max_terms, progress, **options)
+            found = self._gaps(self._readings(features[i:i + 1])) if spec.gap_warnings else ()
+            prompts.append(Prompt(text, texts[i], tuple(found)))
             steps.advance()
         return prompts
 
@@ -128,6 +156,19 @@ class Interrogator:
         features = self.clip.encode_images(images)
         return [{name: self._rank(features[i:i + 1], [name], top, scores=True) for name in index.spans}
                 for i in range(len(features))]
+
+    def confidence(self, images, top: int = 5, progress: Optional[ProgressHook] = None) -> List[Confidence]:
+        """Per image, every ranked list's ``top`` terms with how far each leads the next (in the list's spread of
+        scores), and the exhaustive lists in which no term fits (see ``confidence``)."""
+        images = as_pil_list(images)
+        self.label_index(progress)
+        features = self.clip.encode_images(images)
+        out = []
+        for i in range(len(images)):
+            readings = self._readings(features[i:i + 1], max(top, KEEP))
+            confident = tuple(name for name, reading in readings.items() if picks(reading, self.calibration))
+            out.append(Confidence(readings, confident, tuple(self._gaps(readings))))
+        return out
 
     # -- modes ---------------------------------------------------------------------------------------------------
     def _fast(self, features, caption: str, max_terms: int, progress=None) -> str:
@@ -170,6 +211,15 @@ class Interrogator:
                              self.settings.flavor_intermediate_count)
         sim = self._similarities(features, [head])[0] if head else 0.0
         return self._chain(features, flavors, head, sim, 0, max_terms, "Style chain", progress)
+
+    def _precise(self, features, caption: str, max_terms: int, progress=None, crops=None) -> str:
+        """Each list's term CLIP is confident of, list by list (see ``confidence.choose``); a list with no good
+        term stays out of the prompt."""
+        crop_readings = [self._readings(crops[i:i + 1]) for i in range(len(crops))] if crops is not None else []
+        verdict = choose(self._readings(features), self._ranking(features), self.calibration,
+                         self._exhaustive, crop_readings)
+        terms = verdict.terms[:max_terms]
+        return self._fit(", ".join([caption, *terms]) if caption else ", ".join(terms))
 
     # -- the greedy chain ----------------------------------------------------------------------------------------
     def _chain(self, features, phrases: List[str], best_prompt: str, best_sim: float, min_count: int,
@@ -261,6 +311,34 @@ class Interrogator:
     @property
     def _pool(self) -> List[str]:
         return [tl.name for tl in self.vocab.pool]
+
+    @property
+    def _exhaustive(self) -> List[str]:
+        return [tl.name for tl in self.vocab.pool if tl.exhaustive]
+
+    def _pool_scores(self, features) -> Tuple[List[str], torch.Tensor, Dict[str, Tuple[int, int]]]:
+        """The pool's labels, one image's scores against them, and each list's rows among them."""
+        labels, matrix = self._index.rows(self._pool, self.clip.device)
+        scores = (features.to(matrix.device, matrix.dtype) @ matrix.T).float().cpu()[0]
+        spans, offset = {}, 0
+        for (start, end), name in sorted((self._index.spans[n], n) for n in self._pool):
+            spans[name] = (offset, offset + end - start)
+            offset += end - start
+        return labels, scores, spans
+
+    def _readings(self, features, keep: int = KEEP) -> Dict[str, Reading]:
+        return read(*self._pool_scores(features), keep=keep)
+
+    def _ranking(self, features, k: int = 64) -> List[Tuple[str, str]]:
+        """The pool's ``k`` best labels for one image, each with the list it comes from."""
+        labels, scores, spans = self._pool_scores(features)
+        lists = sorted((start, name) for name, (start, end) in spans.items() if end > start)
+        starts = [start for start, _ in lists]
+        owner = lambda i: lists[bisect.bisect_right(starts, i) - 1][1]
+        return [(labels[i], owner(i)) for i in scores.topk(min(k, len(labels))).indices.tolist()]
+
+    def _gaps(self, readings: Dict[str, Reading]) -> List[str]:
+        return gaps(readings, self._exhaustive, self.calibration)
 
     def _names(self, role: str) -> List[str]:
         return [tl.name for tl in self.vocab.by_role(role)]

@@ -17,6 +17,8 @@ class Mode:
     max_terms: int  # terms added when the caller does not say (the reference's defaults)
     description: str
     reference: Optional[str] = None  # the clip-interrogator 0.6.0 method this mode reproduces, if any
+    detail_pass: bool = False  # can also score crops of the image, so small details can enter the prompt
+    gap_warnings: bool = False  # reports exhaustive lists with no good term instead of writing a wrong one
 
 
 MODES: Dict[str, Mode] = {mode.name: mode for mode in (
@@ -26,6 +28,8 @@ MODES: Dict[str, Mode] = {mode.name: mode for mode in (
     Mode("fast", True, 32, "caption + the top-ranked terms", "interrogate_fast"),
     Mode("negative", False, 32, "the terms least like the image, for the negative encoder", "interrogate_negative"),
     Mode("style", False, 6, "medium, artist, movement and look, without the subject"),
+    Mode("precise", True, 16, "caption + each list's best term where CLIP is confident of it, then terms of "
+         "lists not yet named; says when a list has no good term", detail_pass=True, gap_warnings=True),
 )}
 
 

@@ -25,7 +25,7 @@ REFERENCE_SITES = (
 _REFERENCE_LAYOUT = (
     {"name": "artists", "file": "artists.txt", "role": "artist", "style": True},
     {"name": "flavors", "file": "flavors.txt", "role": "flavor", "style": True},
-    {"name": "mediums", "file": "mediums.txt", "role": "medium", "style": True},
+    {"name": "mediums", "file": "mediums.txt", "role": "medium", "style": True, "exhaustive": True},
     {"name": "movements", "file": "movements.txt", "role": "movement", "style": True},
     {"name": "trendings", "terms": REFERENCE_SITES, "role": "site", "style": True},
     {"name": "negative", "file": "negative.txt", "role": "negative", "style": False},
@@ -61,6 +61,7 @@ class TermList:
     role: str
     terms: Tuple[str, ...]
     style: bool = True
+    exhaustive: bool = False  # every image should match one of its terms: precise mode says so when none does
 
     @property
     def labels(self) -> List[str]:
@@ -197,4 +198,5 @@ def _term_list(folder: str, entry: dict) -> TermList:
         raise VocabError(f"list {entry.get('name')!r} in {folder} has role {role!r}; use one of {', '.join(ROLES)}.")
     terms = tuple(entry["terms"]) if "terms" in entry else read_terms(os.path.join(folder, entry["file"]))
     name = entry.get("name") or os.path.splitext(entry["file"])[0]
-    return TermList(name=name, role=role, terms=terms, style=bool(entry.get("style", role != "negative")))
+    return TermList(name=name, role=role, terms=terms, style=bool(entry.get("style", role != "negative")),
+                    exhaustive=bool(entry.get("exhaustive", False)))

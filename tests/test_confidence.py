@@ -1,0 +1,70 @@
+"""Precise mode's rules on hand-made scores: leads and standings, picks, gaps, and how a prompt is put together."""
+
+import json
+
+import pytest
+import torch
+
+from core.confidence import CALIBRATION, Calibration, choose, gaps, picks, read
+
+LABELS = ["circle", "square", "star", "red", "blue", "green", "masterpiece", "8k", "hd"]
+SPANS = {"object": (0, 3), "color": (3, 6), "noise": (6, 9)}
+CAL = Calibration(pick=1.0, second=1.5, gap=0.5, crop=2.0)
+
+
+def readings(scores):
+    return read(LABELS, torch.tensor(scores), SPANS)
+
+
+def test_leads_and_standings_do_not_depend_on_the_models_scale():
+    """Real CLIP scores sit near 0.25, the harness model's far wider: one calibration must fit both."""
+    scores = [0.9, 0.2, 0.1, 0.5, 0.45, 0.1, 0.3, 0.31, 0.29]
+    small = readings([0.22 + 0.05 * s for s in scores])
+    large = readings([3.0 * s - 1.0 for s in scores])
+    for name in SPANS:
+        assert small[name].best == large[name].best
+        assert small[name].lead(0) == pytest.approx(large[name].lead(0), rel=1e-4)
+        assert small[name].standing == pytest.approx(large[name].standing, rel=1e-4)
+    assert small["object"].lead(0) > 1.5 > 0.5 > small["color"].lead(0)
+
+
+def test_a_term_is_picked_only_when_it_leads_the_rest():
+    clear = readings([0.9, 0.2, 0.1, 0.5, 0.45, 0.1, 0.3, 0.31, 0.29])
+    assert picks(clear["object"], CAL) == ["circle"]
+    assert picks(clear["color"], CAL) == []  # red and blue nearly tied: neither is said
+    # two terms of one list only when both stand clear of the rest
+    pair = readings([0.9, 0.7, 0.0, 0.5, 0.45, 0.1, 0.3, 0.31, 0.29])
+    assert picks(pair["object"], Calibration(pick=0.5, second=1.5, gap=0.0, crop=9.0)) == ["circle", "square"]
+    assert picks(pair["object"], Calibration(pick=0.5, second=9.0, gap=0.0, crop=9.0)) == ["circle"]
+
+
+def test_an_exhaustive_list_whose_best_term_stands_low_is_a_gap():
+    weak_objects = readings([0.31, 0.3, 0.29, 0.9, 0.2, 0.1, 0.3, 0.31, 0.29])
+    assert gaps(weak_objects, ["object", "color"], CAL) == ["object"]
+    assert gaps(weak_objects, ["color"], CAL) == []  # only exhaustive lists are checked
+
+
+def test_choose_builds_the_prompt_list_by_list():
+    whole = readings([0.31, 0.305, 0.1, 0.9, 0.2, 0.1, 0.5, 0.49, 0.1])
+    ranking = [("masterpiece", "noise"), ("circle", "object"), ("red", "color"), ("8k", "noise")]
+    verdict = choose(whole, ranking, CAL, exhaustive=["object"])
+    # color is confident; object is a gap, so it is never filled; the fill adds noise, then stops at "red"
+    assert verdict.gaps == ["object"]
+    assert verdict.terms == ["red", "masterpiece"]
+    # without the gap, a crop where the object leads clearly names it; the fill then stops at once
+    crop = readings([0.9, 0.1, 0.1, 0.2, 0.2, 0.2, 0.3, 0.29, 0.28])
+    verdict = choose(whole, ranking, CAL, exhaustive=[], crops=[crop])
+    assert verdict.gaps == [] and verdict.terms == ["red", "circle", "masterpiece"]
+    assert choose(whole, ranking[1:], CAL, exhaustive=[], crops=[crop]).terms == ["red", "circle"]
+
+
+def test_calibration_file_is_data_with_its_provenance(tmp_path):
+    with open(CALIBRATION, encoding="utf-8") as file:
+        data = json.load(file)
+    assert set(data["thresholds"]) == set(Calibration.__dataclass_fields__)
+    assert data["obtained"]["command"].startswith("python bench/quality.py --calibrate")
+    assert set(data["obtained"]["rules"]) == set(Calibration.__dataclass_fields__)
+    # null means "no threshold paid off": that step never adds a term
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"thresholds": {"pick": 1, "second": None, "gap": 0.5, "crop": None}}))
+    assert Calibration.load(str(path)) == Calibration(1.0, float("inf"), 0.5, float("inf"))
