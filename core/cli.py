@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-terms", "--max-flavors", dest="max_terms", type=int, default=None,
                      help="most terms to add (default: the mode's: " +
                           ", ".join(f"{m.name} {m.max_terms}" for m in MODES.values()) + ")")
+    run.add_argument("--detail", action="store_true",
+                     help="also score the four quarters and the centre of each image, so a small detail can enter "
+                          "the prompt (modes: " + ", ".join(m.name for m in MODES.values() if m.detail_pass) + ")")
     run.add_argument("--reference", action="store_true", help="reproduce clip-interrogator 0.6.0's quirks exactly")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto")
@@ -122,11 +125,14 @@ def interrogate(args) -> int:
     images = [open_image(p) for p in paths]
     hook = _TqdmHook(not args.quiet)
     engine = build(args)
-    prompts = engine.interrogate(images, args.mode, captions=args.caption, max_terms=args.max_terms, progress=hook)
+    prompts = engine.prompts(images, args.mode, captions=args.caption, max_terms=args.max_terms, progress=hook,
+                             detail=args.detail)
     hook.close()
-    rows = [[path, prompt] for path, prompt in zip(paths, prompts)]
-    for path, prompt in rows:
-        print(prompt if len(rows) == 1 else f"{path}\t{prompt}")
+    rows = [[path, prompt.text] for path, prompt in zip(paths, prompts)]
+    for (path, text), prompt in zip(rows, prompts):
+        print(text if len(rows) == 1 else f"{path}\t{text}")
+        for warning in prompt.warnings:
+            print(f"warning: {path}: {warning}", file=sys.stderr)
     if args.out:
         _write(args.out, rows, args.mode)
     return 0

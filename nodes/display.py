@@ -1,21 +1,36 @@
-"""Text the nodes show: Analyze Image's results as readable text and as JSON."""
+"""Text the nodes show: Analyze Image's results as readable text and as JSON, prompts with their warnings."""
 
 import json
 from typing import Dict, List, Sequence, Tuple
 
+from ..core import Prompt
+from ..core.confidence import Confidence
+from ..core.interrogator import GAP_WARNING
+
 Analysis = Dict[str, List[Tuple[str, float]]]
 
 
-def analysis_text(results: Sequence[Analysis]) -> List[str]:
-    """Readable text, one per image: each list with its best terms and CLIP scores."""
+def analysis_text(results: Sequence[Analysis], confidences: Sequence[Confidence]) -> List[str]:
+    """Readable text, one per image: each list with its best terms and CLIP scores, how far the best term leads
+    the next (in spreads of the list's scores; "confident" where precise mode takes it), then the lists with no
+    good term."""
     texts = []
-    for result in results:
+    for result, confidence in zip(results, confidences):
         lines = []
         for name, ranked in result.items():
             terms = ", ".join(f"{label} ({score:.3f})" for label, score in ranked)
-            lines.append(f"{name}: {terms}")
+            reading = confidence.lists.get(name)
+            lead = "" if reading is None or len(reading.ranked) < 2 else \
+                f" | lead {reading.lead(0):.2f}{', confident' if name in confidence.confident else ''}"
+            lines.append(f"{name}: {terms}{lead}")
+        lines.extend(GAP_WARNING.format(name) for name in confidence.gaps)
         texts.append("\n".join(lines))
     return texts
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """A prompt as a node shows it: the prompt, then its warnings."""
+    return "\n".join([prompt.text, *prompt.warnings])
 
 
 def analysis_json(results: Sequence[Analysis]) -> List[str]:

@@ -1,7 +1,7 @@
 """The pack's nodes: thin declarations over :mod:`.runtime`, in the style of ComfyUI's comfy_extras/nodes_*.py."""
 
 from ..core import DEFAULT_CLIP, MODES
-from .display import analysis_json, analysis_text
+from .display import analysis_json, analysis_text, prompt_text
 from .model_files import CAPTION_PRESETS
 from .runtime import DEVICES, PRECISIONS, VOCABULARIES, InterrogatorSpec, runtime
 
@@ -13,6 +13,10 @@ INTERROGATOR_INPUT = ("INTERROGATOR", {"tooltip": "The models to use, from a Loa
 
 def captioned_modes():
     return [m.name for m in MODES.values() if m.captioned]
+
+
+def detail_modes():
+    return [m.name for m in MODES.values() if m.detail_pass]
 
 
 def max_flavors_input(*modes: str):
@@ -75,8 +79,8 @@ class _PromptNode:
     CATEGORY = CATEGORY
     FUNCTION = "run"
 
-    def _prompts(self, image, interrogator, mode, max_flavors, caption=None):
-        return runtime().run(interrogator, image, mode, caption=caption, max_terms=max_flavors)
+    def _prompts(self, image, interrogator, mode, max_flavors, caption=None, detail=False):
+        return runtime().run(interrogator, image, mode, caption=caption, max_terms=max_flavors, detail=detail)
 
 
 class InterrogateImage(_PromptNode):
@@ -94,18 +98,25 @@ class InterrogateImage(_PromptNode):
                 "caption": ("STRING", {"default": "", "multiline": True, "tooltip": (
                     "Your own caption (the subject). When set, the caption model is skipped and the prompt starts "
                     "with this text.")}),
+                "detail_pass": ("BOOLEAN", {"default": False, "label_on": "on", "label_off": "off", "tooltip": (
+                    "Modes " + ", ".join(detail_modes()) + " only: also score the four quarters and the centre of "
+                    "the image, so a small detail can enter the prompt (six image passes instead of one).")}),
             },
         }
 
-    RETURN_TYPES = ("STRING", "STRING")
-    RETURN_NAMES = ("prompt", "caption")
-    OUTPUT_IS_LIST = (True, True)
-    OUTPUT_TOOLTIPS = ("One prompt per image, for CLIPTextEncode.", "The caption each prompt starts with.")
+    RETURN_TYPES = ("STRING", "STRING", "STRING")
+    RETURN_NAMES = ("prompt", "caption", "warnings")
+    OUTPUT_IS_LIST = (True, True, True)
+    OUTPUT_TOOLTIPS = ("One prompt per image, for CLIPTextEncode.", "The caption each prompt starts with.",
+                       "Per image, the lists with no good term (precise mode), one line each; empty when none.")
     DESCRIPTION = "Writes a Stable Diffusion prompt that describes the image."
 
-    def run(self, image, interrogator, mode, max_flavors, caption=""):
-        prompts, captions = self._prompts(image, interrogator, mode, max_flavors, caption)
-        return {"ui": {"text": prompts}, "result": (prompts, captions)}
+    def run(self, image, interrogator, mode, max_flavors, caption="", detail_pass=False):
+        detail = bool(detail_pass) and mode in detail_modes()
+        prompts = self._prompts(image, interrogator, mode, max_flavors, caption, detail)
+        return {"ui": {"text": [prompt_text(p) for p in prompts]},
+                "result": ([p.text for p in prompts], [p.caption for p in prompts],
+                           ["\n".join(p.warnings) for p in prompts])}
 
 
 class StyleOnlyPrompt(_PromptNode):
@@ -118,7 +129,7 @@ class StyleOnlyPrompt(_PromptNode):
     DESCRIPTION = "Describes the image's style (medium, artist, movement, look) without its subject."
 
     def run(self, image, interrogator, max_flavors):
-        prompts, _ = self._prompts(image, interrogator, "style", max_flavors)
+        prompts = [p.text for p in self._prompts(image, interrogator, "style", max_flavors)]
         return {"ui": {"text": prompts}, "result": (prompts,)}
 
 
@@ -132,7 +143,7 @@ class NegativePrompt(_PromptNode):
     DESCRIPTION = "Writes a negative prompt: the terms that describe the image least."
 
     def run(self, image, interrogator, max_flavors):
-        prompts, _ = self._prompts(image, interrogator, "negative", max_flavors)
+        prompts = [p.text for p in self._prompts(image, interrogator, "negative", max_flavors)]
         return {"ui": {"text": prompts}, "result": (prompts,)}
 
 
@@ -147,15 +158,17 @@ class AnalyzeImage:
     RETURN_NAMES = ("text", "json")
     OUTPUT_IS_LIST = (True, True)
     OUTPUT_NODE = True
-    OUTPUT_TOOLTIPS = ("Per image, each term list's best terms with their CLIP scores.",
-                       'The same as JSON: {"list": [{"term": ..., "score": ...}]}.')
+    OUTPUT_TOOLTIPS = ("Per image, each term list's best terms with their CLIP scores, how far the best term leads "
+                       "the next, and the lists with no good term.",
+                       'The scores as JSON: {"list": [{"term": ..., "score": ...}]}.')
     FUNCTION = "run"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Shows which terms of each list CLIP finds closest to the image, with their scores."
+    DESCRIPTION = ("Shows which terms of each list CLIP finds closest to the image, with their scores and how "
+                   "confident it is of each list's best term.")
 
     def run(self, image, interrogator, top):
-        results = runtime().analyze(interrogator, image, top=top)
-        texts = analysis_text(results)
+        results, confidences = runtime().analyze(interrogator, image, top=top)
+        texts = analysis_text(results, confidences)
         return {"ui": {"text": texts}, "result": (texts, analysis_json(results))}
 
 

@@ -9,8 +9,9 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..core import (DEFAULT_CAPTION_MODEL, NO_CAPTION, ImageError, Interrogator, InterrogatorError, VocabError,
-                    Vocabulary, caption_needed, load_captioner, load_clip)
+from ..core import (DEFAULT_CAPTION_MODEL, NO_CAPTION, ImageError, Interrogator, InterrogatorError, Prompt,
+                    VocabError, Vocabulary, caption_needed, load_captioner, load_clip)
+from ..core.confidence import Confidence
 from ..core.images import as_pil_list
 from .display import Analysis
 from .environment import current_environment
@@ -134,9 +135,9 @@ class Runtime:
 
     # -- running --------------------------------------------------------------------------------------------------
     def run(self, spec: InterrogatorSpec, images, mode: str, caption: Optional[str] = None,
-            max_terms: Optional[int] = None) -> Tuple[List[str], List[str]]:
-        """Prompts and the captions used, one per image. Captions all images first, then runs CLIP, so the two
-        models take turns on the device."""
+            max_terms: Optional[int] = None, detail: bool = False) -> List[Prompt]:
+        """One prompt per image, with its caption and warnings. Captions all images first, then runs CLIP, so the
+        two models take turns on the device."""
         try:
             with self._lock:
                 images = as_pil_list(images)
@@ -151,14 +152,15 @@ class Runtime:
                 captions = engine.captions(images, mode, given, captioner.value if captioner else None, hook)
                 self.cache.use([clip])
                 self.env.check_interrupt()
-                prompts = engine.interrogate(images, mode, captions=captions, max_terms=max_terms or None,
-                                             progress=hook)
+                prompts = engine.prompts(images, mode, captions=captions, max_terms=max_terms or None,
+                                         progress=hook, detail=detail)
                 self._account_index(clip, key, engine)
-                return prompts, captions
+                return prompts
         except InterrogatorError as error:
             raise user_error(error) from error
 
-    def analyze(self, spec: InterrogatorSpec, images, top: int = 5) -> List[Analysis]:
+    def analyze(self, spec: InterrogatorSpec, images, top: int = 5) -> Tuple[List[Analysis], List[Confidence]]:
+        """Each list's ``top`` terms with their scores, and how confident CLIP is of each list, per image."""
         try:
             with self._lock:
                 images = as_pil_list(images)
@@ -166,7 +168,8 @@ class Runtime:
                 key, engine = self.engine(spec, clip)
                 self.cache.use([clip])
                 self.env.check_interrupt()
-                result = engine.analyze(images, top=top, progress=self.env.progress())
+                hook = self.env.progress()
+                result = engine.analyze(images, top=top, progress=hook), engine.confidence(images, top, hook)
                 self._account_index(clip, key, engine)
                 return result
         except InterrogatorError as error:

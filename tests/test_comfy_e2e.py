@@ -168,7 +168,9 @@ def test_workflow_with_every_node_in_comfyui(tmp_path):
     try:
         info = _wait_for_server(base, proc, log_path)
         node_info = info["ClipInterrogatorInterrogate"]
-        assert node_info["output"] == ["STRING", "STRING"] and node_info["output_is_list"] == [True, True]
+        assert node_info["output"] == ["STRING"] * 3 and node_info["output_is_list"] == [True] * 3
+        assert node_info["output_name"] == ["prompt", "caption", "warnings"]
+        assert "precise" in node_info["input"]["required"]["mode"][0]
         load_info = _request(f"{base}/object_info/ClipInterrogatorLoad")["ClipInterrogatorLoad"]
         assert "tiny-clip.safetensors" in load_info["input"]["required"]["clip_model"][0]
 

@@ -247,13 +247,14 @@ def test_load_is_lazy_and_errors_name_the_folder(comfy, models_dir):
 def test_batch_gives_one_prompt_per_image_equal_to_single_runs(comfy, batch, models_dir):
     handle = load(comfy)
     out = interrogate(comfy, handle, batch, mode="fast")
-    prompts, captions = out["result"]
-    assert len(prompts) == len(captions) == 3
+    prompts, captions, warnings = out["result"]
+    assert len(prompts) == len(captions) == len(warnings) == 3
+    assert warnings == ["", "", ""]  # fast mode never reports gaps
     assert all(prompts) and all(captions)
     assert len(set(prompts)) == 3, prompts  # they differ per image
     assert out["ui"]["text"] == prompts
     for i in range(3):
-        single, single_captions = interrogate(comfy, handle, batch[i:i + 1], mode="fast")["result"]
+        single, single_captions, _ = interrogate(comfy, handle, batch[i:i + 1], mode="fast")["result"]
         assert single == [prompts[i]] and single_captions == [captions[i]]
         assert prompts[i].startswith(captions[i])
     # and they are what the engine writes when used directly
@@ -280,18 +281,38 @@ def test_a_new_mode_row_reaches_the_nodes_with_its_caption(comfy, batch, monkeyp
     monkeypatch.setattr(engine_class, "_quick", engine_class._fast, raising=False)
     declared = comfy.pack.NODE_CLASS_MAPPINGS["ClipInterrogatorInterrogate"].INPUT_TYPES()["required"]
     assert "quick" in declared["mode"][0] and "2 for quick" in declared["max_flavors"][1]["tooltip"]
-    prompts, captions = interrogate(comfy, load(comfy), batch, mode="quick")["result"]
+    prompts, captions, _ = interrogate(comfy, load(comfy), batch, mode="quick")["result"]
     assert all(captions) and [p.count(", ") for p in prompts] == [c.count(", ") + 2 for c in captions]
     assert all(p.startswith(c + ", ") for p, c in zip(prompts, captions))
 
 
 def test_caption_input_skips_the_caption_model(comfy, batch):
     handle = load(comfy)
-    prompts, captions = interrogate(comfy, handle, batch, mode="fast", caption="a red fox in snow")["result"]
+    prompts, captions, _ = interrogate(comfy, handle, batch, mode="fast", caption="a red fox in snow")["result"]
     assert captions == ["a red fox in snow"] * 3
     assert all(p.startswith("a red fox in snow, ") for p in prompts)
     assert not [k for k in (r.key for r in comfy.runtime_module.runtime().cache.residents()) if k[0] == "caption"]
     assert all(len(call["models"]) == 1 for call in comfy.load_calls)  # only CLIP was ever loaded
+
+
+def test_precise_mode_shows_its_warnings_and_analyze_its_leads(comfy, batch, monkeypatch):
+    """A list with no good term is named on the warnings output and on the node; Analyze Image shows the leads."""
+    confidence = sys.modules[f"{PACK}.core.confidence"]
+    never_close = confidence.Calibration(pick=1.0, second=float("inf"), gap=float("inf"), crop=float("inf"))
+    monkeypatch.setattr(confidence.Calibration, "load", classmethod(lambda cls, path=None: never_close))
+    handle = load(comfy, ban="no such word")  # a vocabulary no earlier test built an engine for
+    out = node(comfy, "ClipInterrogatorInterrogate").run(batch, handle, "precise", 0, "a cat", True)
+    prompts, captions, warnings = out["result"]
+    message = "no good term for mediums: the image may be outside the vocabulary"  # the builtin exhaustive list
+    assert captions == ["a cat"] * 3 and all(p.startswith("a cat") for p in prompts)
+    assert warnings == [message] * 3
+    assert out["ui"]["text"] == [f"{p}\n{message}" for p in prompts]
+    mediums = set(sys.modules[f"{PACK}.core"].Vocabulary.builtin()["mediums"].terms)
+    assert not [term for p in prompts for term in p.split(", ")[1:] if term in mediums]  # reported, not filled
+    texts, _ = node(comfy, "ClipInterrogatorAnalyze").run(batch, handle, 3)["result"]
+    for text in texts:
+        assert text.endswith(message)
+        assert "\nmediums: " in text and " | lead " in text.split("\nmediums: ")[1].splitlines()[0]
 
 
 def test_style_negative_and_analyze_nodes(comfy, batch):
@@ -320,7 +341,7 @@ def test_style_negative_and_analyze_nodes(comfy, batch):
 
 def test_max_flavors_limits_fast_prompts(comfy, batch):
     handle = load(comfy)
-    prompts, captions = interrogate(comfy, handle, batch, mode="fast", max_flavors=2)["result"]
+    prompts, captions, _ = interrogate(comfy, handle, batch, mode="fast", max_flavors=2)["result"]
     for prompt, caption in zip(prompts, captions):
         assert prompt.startswith(caption) and len(prompt[len(caption):].split(", ")) == 3
 
@@ -401,7 +422,7 @@ def test_bad_image_and_unknown_options_are_node_errors(comfy):
 def test_vocabulary_options(comfy, batch):
     handle = load(comfy, artists=False, ban="photo, painting")
     prompts = node(comfy, "ClipInterrogatorStylePrompt").run(batch, handle, 0)["result"][0]
-    fast, _ = interrogate(comfy, handle, batch, mode="fast", caption="x")["result"]
+    fast, _, _ = interrogate(comfy, handle, batch, mode="fast", caption="x")["result"]
     for prompt in prompts + fast:
         assert " by " not in f" {prompt}" and "inspired by" not in prompt
         terms = prompt.lower().split(", ")
@@ -415,8 +436,8 @@ def test_runtime_works_without_comfyui(models_dir, batch):
     rt = runtime.Runtime(sys.modules[f"{PACK}.nodes.environment"].PlainEnvironment(models_dir))
     assert rt.env.name == "plain"
     spec = runtime.InterrogatorSpec("tiny-clip.safetensors", "none")
-    prompts, captions = rt.run(spec, batch, "fast", caption="a house")
-    assert len(prompts) == 3 and captions == ["a house"] * 3
+    prompts = rt.run(spec, batch, "fast", caption="a house")
+    assert len(prompts) == 3 and [p.caption for p in prompts] == ["a house"] * 3 and all(p.text for p in prompts)
     assert rt.unload() == 1
 
 
