@@ -1,9 +1,13 @@
-"""Train the quality harness's tiny CLIP on the synthetic world, on a CPU, in minutes.
+"""Train the quality harness's tiny CLIP on the synthetic world, on a CPU.
 
-    nice -n 10 python bench/quality_train.py                    # writes bench/quality_model/synthetic-clip.*
+    nice -n 5 python bench/quality_train.py                     # writes bench/quality_model/synthetic-clip.*
 
 A contrastive (CLIP) objective on rendered scenes and their alt-text, with the real BPE tokenizer and open_clip's
 own CLIP class, so the result loads through the product's normal path (a .safetensors file + its model config).
+Two image-text contrasts are summed: each picture against the batch's captions (CLIP's loss), and each picture
+against every value of each attribute ("circle", "square", ...), the zero-shot ranking the interrogator relies on.
+The second one is what makes a tiny model learn shapes, materials and corner details in minutes of CPU instead of
+hours: with captions alone, background, lighting and color already tell most pictures apart.
 Only the token rows the world's words use are trained (a compact table, written back at the end); the other
 rows are zero, which keeps the committed file compressible and says honestly that the model knows no other word.
 """
@@ -26,7 +30,9 @@ import quality_world as world  # noqa: E402
 
 CONFIG = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "layers": 4, "width": 96, "patch_size": 16, "head_width": 32},
+    # a small ResNet: with the locality of convolutions it learns shapes in hundreds of steps where a ViT of the
+    # same cost is still at chance
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 48, "heads": 4, "layers": 3},
 }
 MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quality_model")
@@ -93,6 +99,20 @@ def encode_text(model, table, lookup, tokens):
     return x @ model.text_projection
 
 
+def attribute_loss(model, table, lookup, tokenizer, scenes, image_features, scale) -> torch.Tensor:
+    """Each picture against every value of each attribute, as text: cross-entropy towards its true value."""
+    losses = []
+    for category, values in world.CATEGORIES.items():
+        values = values + world.GAP.get(category, ())
+        truth = torch.tensor([values.index(s.value(category)) if s.value(category) else -1 for s in scenes])
+        known = truth >= 0
+        if not known.any():
+            continue
+        text = F.normalize(encode_text(model, table, lookup, tokenizer(list(values))), dim=-1)
+        losses.append(F.cross_entropy(scale * image_features[known] @ text.T, truth[known]))
+    return torch.stack(losses).mean()
+
+
 def to_pixels(batch: np.ndarray, mean, std, flip) -> torch.Tensor:
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -139,12 +159,12 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", type=int, default=30000, help="distinct training pictures")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=192)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=1, help="one thread is fastest on a busy shared CPU")
     parser.add_argument("--out", default=MODEL_DIR)
-    parser.add_argument("--pixel-cache", default=os.path.join("/tmp", "quality_pool_groups.npy"))
+    parser.add_argument("--pixel-cache", default=os.path.join("/tmp", "quality_pool_v3.npy"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -184,9 +204,12 @@ def main(argv=None) -> int:
         tokens = tokenizer([world.caption(scenes[i], rng) for i in index])
         image_features = F.normalize(model.encode_image(images), dim=-1)
         text_features = F.normalize(encode_text(model, table, lookup, tokens), dim=-1)
-        logits = model.logit_scale.exp().clamp(max=100) * image_features @ text_features.T
+        scale = model.logit_scale.exp().clamp(max=100)
+        logits = scale * image_features @ text_features.T
         labels = torch.arange(len(index))
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        loss = loss + attribute_loss(model, table, lookup, tokenizer, [scenes[i] for i in index], image_features,
+                                     scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -194,7 +217,7 @@ def main(argv=None) -> int:
         if step % 50 == 0 or step == args.steps - 1:
             print(f"step {step} loss {loss.item():.3f} scale {model.logit_scale.exp().item():.1f} "
                   f"{time.time() - start:.0f}s", flush=True)
-        if step % 500 == 499 or step == args.steps - 1:
+        if step % 300 == 299 or step == args.steps - 1:
             print("probe:", probe(model, table, lookup, tokenizer, probe_pixels, probe_scenes, mean, std),
                   flush=True)
             save(model, table, ids, args.out)

@@ -119,8 +119,7 @@ def variant_group(rng: np.random.Generator, size: int) -> List[Scene]:
 
     base = training_scene(rng)
     group = [base]
-    hard = ("object", "object", "material", "material", "detail", "detail", "style", "color", "background",
-            "lighting")
+    hard = ("object", "object", "object", "material", "material", "detail", "detail", "style")
     for _ in range(size - 1):
         category = hard[int(rng.integers(len(hard)))]
         if category == "detail":
@@ -241,22 +240,22 @@ def _background(name: str, rng) -> Image.Image:
         a[:] = (1 - t) * np.array([70, 130, 225]) + t * np.array([170, 210, 245])
     elif name == "grass field":
         a[:] = (70, 150, 55)
-        for _ in range(160):
+        for _ in range(120):
             px, py = rng.integers(0, SIZE, 2)
-            a[py:py + 6, px:px + 1] = (35, 100, 30)
+            a[py:py + 5, px:px + 1] = (55, 125, 45)
     elif name == "brick wall":
         a[:] = (165, 65, 45)
-        a[(y.astype(int) % 16) < 2] = (205, 200, 190)
+        a[(y.astype(int) % 16) < 1] = (195, 150, 130)
         offset = ((y.astype(int) // 16) % 2) * 12
-        a[((x.astype(int) + offset) % 24) < 2] = (205, 200, 190)
+        a[((x.astype(int) + offset) % 24) < 1] = (195, 150, 130)
     elif name == "starry night":
         a[:] = (12, 18, 50)
-        for _ in range(70):
+        for _ in range(45):
             px, py = rng.integers(0, SIZE, 2)
-            a[py:py + 2, px:px + 2] = (250, 250, 220)
+            a[py:py + 1, px:px + 1] = (250, 250, 220)
     elif name == "ocean waves":
         a[:] = (20, 85, 150)
-        a[np.sin(x / 6 + y / 3) * np.sin(y / 7) > 0.75] = (150, 200, 230)
+        a[np.sin(x / 6 + y / 3) * np.sin(y / 7) > 0.85] = (70, 130, 185)
     elif name == "wooden floor":
         grain = 12 * np.sin(x / 3 + 2 * np.sin(y / 9))
         a[:] = np.stack([150 + grain, 100 + grain * 0.8, 55 + grain * 0.5], -1)
@@ -329,7 +328,7 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, angle: float) -> Ima
 
 def _draw_object(image: Image.Image, scene: Scene, rng) -> None:
     lx, ly, lr, la, p1, p2 = scene.layout[:6]
-    r = 22 + 12 * lr
+    r = 26 + 10 * lr
     cx, cy = SIZE / 2 + (lx - 0.5) * 20, SIZE / 2 + (ly - 0.5) * 20
     angle = (la - 0.5) * 0.6
     mask = _shape_mask(scene.object, cx, cy, r, angle)
@@ -358,8 +357,8 @@ def _draw_object(image: Image.Image, scene: Scene, rng) -> None:
                                             * np.clip(glow, 0, 1), 0, 255).astype(np.uint8)))
         fill = np.clip(color * 1.15 + 60, 0, 255) * np.ones((SIZE, SIZE, 1), np.float32)
     elif material == "wireframe":
-        edge = mask.filter(ImageFilter.MaxFilter(5))
-        inner = mask.filter(ImageFilter.MinFilter(5))
+        edge = mask.filter(ImageFilter.MaxFilter(7))
+        inner = mask.filter(ImageFilter.MinFilter(7))
         mask = Image.fromarray((np.asarray(edge, np.int16) - np.asarray(inner, np.int16)).clip(0, 255).astype(np.uint8))
     elif material != "matte":
         raise ValueError(f"unknown material {material!r}")
@@ -408,7 +407,7 @@ def _light(image: Image.Image, lighting: str) -> Image.Image:
     if lighting == "bright light":
         a = a * 0.65 + 255 * 0.35
     elif lighting == "dim light":
-        a = a * 0.42
+        a = a * 0.55
     elif lighting == "warm light":
         a = a * np.array([1.15, 0.92, 0.62]) + np.array([25, 10, 0])
     elif lighting == "cold light":
@@ -426,14 +425,14 @@ def _style(image: Image.Image, style: str, rng) -> Image.Image:
     if style == "vector art":
         return image
     if style == "pixel art":
-        return image.resize((24, 24), Image.NEAREST).resize((SIZE, SIZE), Image.NEAREST)
+        return image.resize((32, 32), Image.NEAREST).resize((SIZE, SIZE), Image.NEAREST)
     if style == "blurry photo":
-        return image.filter(ImageFilter.GaussianBlur(2.2))
+        return image.filter(ImageFilter.GaussianBlur(1.6))
     if style == "grainy photo":
-        a = np.asarray(image, np.float32) + rng.normal(0, 38, (SIZE, SIZE, 1))
+        a = np.asarray(image, np.float32) + rng.normal(0, 22, (SIZE, SIZE, 1))
         return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
     if style == "posterized print":
-        return ImageOps.posterize(image, 2)
+        return ImageOps.posterize(image, 3)
     raise ValueError(f"unknown style {style!r}")
 
 
