@@ -99,18 +99,28 @@ def encode_text(model, table, lookup, tokens):
     return x @ model.text_projection
 
 
-def attribute_loss(model, table, lookup, tokenizer, scenes, image_features, scale) -> torch.Tensor:
-    """Each picture against every value of each attribute, as text: cross-entropy towards its true value."""
-    losses = []
+def attribute_texts(tokenizer):
+    """Each category's values (gap values included: the model knows them) and their tokens, made once."""
+    texts = {}
     for category, values in world.CATEGORIES.items():
         values = values + world.GAP.get(category, ())
+        texts[category] = (values, tokenizer(list(values)))
+    return texts
+
+
+def attribute_loss(model, table, lookup, texts, scenes, image_features, scale) -> torch.Tensor:
+    """Each picture against every value of each attribute, as text: cross-entropy towards its true value, summed
+    over the categories so that, together, they weigh more than the caption contrast (which background and
+    lighting alone already solve)."""
+    losses = []
+    for category, (values, tokens) in texts.items():
         truth = torch.tensor([values.index(s.value(category)) if s.value(category) else -1 for s in scenes])
         known = truth >= 0
         if not known.any():
             continue
-        text = F.normalize(encode_text(model, table, lookup, tokenizer(list(values))), dim=-1)
+        text = F.normalize(encode_text(model, table, lookup, tokens), dim=-1)
         losses.append(F.cross_entropy(scale * image_features[known] @ text.T, truth[known]))
-    return torch.stack(losses).mean()
+    return torch.stack(losses).sum()
 
 
 def to_pixels(batch: np.ndarray, mean, std, flip) -> torch.Tensor:
@@ -179,6 +189,7 @@ def main(argv=None) -> int:
     ids, lookup = token_table(tokenizer, world_texts())
     table = torch.nn.Parameter(torch.randn(len(ids), CONFIG["text_cfg"]["width"]) * 0.02)
     model.token_embedding.requires_grad_(False)
+    texts = attribute_texts(tokenizer)
     print(f"{len(ids)} token rows trained of {CONFIG['text_cfg']['vocab_size']}", flush=True)
 
     scenes, pixels = render_pool(args.pool, TRAIN_SEED, preprocess, args.pixel_cache)
@@ -208,8 +219,7 @@ def main(argv=None) -> int:
         logits = scale * image_features @ text_features.T
         labels = torch.arange(len(index))
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        loss = loss + attribute_loss(model, table, lookup, tokenizer, [scenes[i] for i in index], image_features,
-                                     scale)
+        loss = loss + attribute_loss(model, table, lookup, texts, [scenes[i] for i in index], image_features, scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
