@@ -256,6 +256,18 @@ def similarity(engine: Interrogator, images, prompts: Sequence[str]) -> float:
     return float((text * features.to(text.device)).sum(-1).mean())
 
 
+def totals(row: Row, examples, owner, vocab_terms) -> Dict[str, float]:
+    """One method's mean recall, wrong and noise terms per prompt and median seconds per picture."""
+    scores = [score(p, e.scene, owner, vocab_terms) for p, e in zip(row.prompts, examples)]
+    out = {c: sum(s.found.get(c, 0) for s in scores) / possible
+           for c in CATEGORIES if (possible := sum(s.possible.get(c, 0) for s in scores))}
+    out["recall"] = sum(sum(s.found.values()) for s in scores) / sum(sum(s.possible.values()) for s in scores)
+    out["wrong"] = statistics.mean(s.wrong for s in scores)
+    out["noise"] = statistics.mean(s.noise for s in scores)
+    out["seconds"] = statistics.median(row.seconds) if row.seconds else float("nan")
+    return out
+
+
 def table(rows: List[Row], examples, engine: Interrogator, owner, vocab_terms) -> List[str]:
     head = ["method", *CATEGORIES, "mean recall", "wrong / prompt", "noise / prompt", "tokens", "similarity",
             "s / picture"]
@@ -263,21 +275,40 @@ def table(rows: List[Row], examples, engine: Interrogator, owner, vocab_terms) -
     images = [e.image for e in examples]
     truth = Row("true attributes (for similarity)", [truth_prompt(e.scene, vocab_terms) for e in examples])
     for row in [*rows, truth]:
-        scores = [score(p, e.scene, owner, vocab_terms) for p, e in zip(row.prompts, examples)]
-        cells = [row.name]
-        for c in CATEGORIES:
-            possible = sum(s.possible.get(c, 0) for s in scores)
-            cells.append(f"{sum(s.found.get(c, 0) for s in scores) / possible:.2f}" if possible else "")
-        found = sum(sum(s.found.values()) for s in scores)
-        possible = sum(sum(s.possible.values()) for s in scores)
-        cells.append(f"**{found / possible:.2f}**")
-        cells.append(f"{statistics.mean(s.wrong for s in scores):.2f}")
-        cells.append(f"{statistics.mean(s.noise for s in scores):.2f}")
-        cells.append(f"{statistics.mean(engine.encoder.token_count(p) - 2 for p in row.prompts):.1f}")
-        cells.append(f"{similarity(engine, images, row.prompts):.3f}")
-        cells.append(f"{statistics.median(row.seconds):.3f}" if row.seconds else "")
+        t = totals(row, examples, owner, vocab_terms)
+        cells = [row.name, *(f"{t[c]:.2f}" if c in t else "" for c in CATEGORIES), f"**{t['recall']:.2f}**",
+                 f"{t['wrong']:.2f}", f"{t['noise']:.2f}",
+                 f"{statistics.mean(engine.encoder.token_count(p) - 2 for p in row.prompts):.1f}",
+                 f"{similarity(engine, images, row.prompts):.3f}", f"{t['seconds']:.3f}" if row.seconds else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def goal_lines(rows: List[Row], examples, owner, vocab_terms) -> List[str]:
+    """The issue's goal for precise mode against our best mode, each part with its numbers and met or not."""
+    named = {row.name: row for row in rows}
+    if "best" not in named or "precise" not in named:
+        return []
+    best, precise = (totals(named[n], examples, owner, vocab_terms) for n in ("best", "precise"))
+    met = lambda ok: "met" if ok else "NOT met"
+    checks = [
+        (f"recall {precise['recall']:.2f} >= best's {best['recall']:.2f} + 0.10",
+         precise["recall"] >= best["recall"] + 0.10),
+        (f"wrong terms {precise['wrong']:.2f} <= half of best's {best['wrong']:.2f}",
+         precise["wrong"] <= best["wrong"] / 2),
+        (f"noise terms {precise['noise']:.2f} <= half of best's {best['noise']:.2f}",
+         precise["noise"] <= best["noise"] / 2),
+        (f"time {precise['seconds']:.3f} s <= best's {best['seconds']:.3f} s", precise["seconds"] <= best["seconds"]),
+    ]
+    gap = [i for i, e in enumerate(examples) if e.kind == "gap"]
+    other = [i for i, e in enumerate(examples) if e.kind != "gap"]
+    if gap and other:
+        row = named["precise"]
+        hits = sum(examples[i].scene.gap_category in row.gaps[i] for i in gap) / len(gap)
+        false = sum(bool(row.gaps[i]) for i in other) / len(other)
+        checks.append((f"gap warning on {hits:.0%} of vocabulary-gap pictures >= 80%", hits >= 0.8))
+        checks.append((f"gap warning on {false:.0%} of the others <= 10%", false <= 0.1))
+    return ["Goal (precise against our best mode)", "", *(f"- {text}: {met(ok)}" for text, ok in checks)]
 
 
 def detail_lines(rows: List[Row], examples) -> List[str]:
@@ -388,6 +419,8 @@ def main(argv=None) -> int:
     print("\n".join(detail_lines(rows, examples)))
     print()
     print("\n".join(gap_lines(rows, examples)))
+    print()
+    print("\n".join(goal_lines(rows, examples, owner, vocab_terms)))
     return 0
 
 
