@@ -9,6 +9,7 @@ from typing import Callable, List, Optional
 import torch
 
 from .errors import ModelLoadError, ModelNotFoundError
+from .parallel import single_pass
 
 PRESETS = {
     "ViT-L-14/openai": "Stable Diffusion 1.x",
@@ -54,7 +55,8 @@ class ClipModel:
         rows = []
         for image in images:
             pixels = self.preprocess(image).unsqueeze(0).to(self.device, self.dtype)
-            features = self.model.encode_image(pixels).float()
+            with single_pass(self.device):
+                features = self.model.encode_image(pixels).float()
             rows.append(features / features.norm(dim=-1, keepdim=True))
         return torch.cat(rows)
 
