@@ -116,7 +116,7 @@ def timed(fn, device: str):
     return time.perf_counter() - start, peak, result
 
 
-def run(args) -> list:
+def run(args, table: "Table") -> list:
     import clip_interrogator as ci
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
@@ -138,6 +138,7 @@ def run(args) -> list:
     config.clip_model, config.clip_preprocess = clip.model, clip.preprocess
     settings = Settings.reference(flavor_intermediate_count=args.intermediate, approx_topk_chunk=args.chunk_size)
     vocab = Vocabulary.from_folder(data)
+    table.header(n_labels)
 
     rows = []
     ref_s, ref_mem, reference = timed(lambda: ci.Interrogator(config), args.device)
@@ -145,9 +146,11 @@ def run(args) -> list:
     our_s, our_mem, _ = timed(
         lambda: Interrogator(clip, None, vocab, cache_dir=cache, settings=settings).label_index(), args.device)
     rows.append(("embed all labels (first run)", [ref_s], [our_s], ref_mem, our_mem, None))
+    table.row(*rows[-1])
     reload_s, _, _ = timed(
         lambda: Interrogator(clip, None, vocab, cache_dir=cache, settings=settings).label_index(), args.device)
     rows.append(("reload embeddings from cache", [float("nan")], [reload_s], None, None, None))
+    table.row(*rows[-1])
 
     ours = Interrogator(clip, None, vocab, cache_dir=cache, settings=settings)
     ours.label_index()  # load the cached embeddings now, so the mode timings below exclude it
@@ -162,6 +165,7 @@ def run(args) -> list:
             our_times.append(t)
             our_peak = max(our_peak, m or 0)
         rows.append((f"{mode} mode", ref_times, our_times, ref_peak or None, our_peak or None, got == expected))
+        table.row(*rows[-1])
     return rows, n_labels, clip
 
 
@@ -172,21 +176,30 @@ def _calls(reference, ours, image, mode):
             lambda: ours.interrogate(image, mode.name, captions=caption.get("caption"))[0])
 
 
-def print_table(args, rows, n_labels, load: str) -> None:
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
-        f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{os.path.basename(args.arch)}, {args.dtype}, {device}, {n_labels:,} labels, flavor_intermediate_count "
-          f"{args.intermediate}, {args.repeats} runs per mode (median), {args.contention} competing nice-19 "
-          f"processes; load average before the run: {load}\n")
-    print("| work | reference s | ours s | speed-up | peak GPU GiB ref / ours | identical prompt |")
-    print("|---|---|---|---|---|---|")
-    for name, ref_t, our_t, ref_m, our_m, same in rows:
+class Table:
+    """The markdown table, printed a row at a time: a long run shows its results as they come."""
+
+    def __init__(self, args, load: str):
+        self.args, self.load = args, load
+
+    def header(self, n_labels: int) -> None:
+        args = self.args
+        device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+            f"CPU, {torch.get_num_threads()} threads"
+        print(f"\n{os.path.basename(args.arch)}, {args.dtype}, {device}, {n_labels:,} labels, "
+              f"flavor_intermediate_count {args.intermediate}, {args.repeats} runs per mode (median), "
+              f"{args.contention} competing nice-19 processes; load average before the run: {self.load}\n")
+        print("| work | reference s | ours s | speed-up | peak GPU GiB ref / ours | identical prompt |")
+        print("|---|---|---|---|---|---|", flush=True)
+
+    @staticmethod
+    def row(name, ref_t, our_t, ref_m, our_m, same) -> None:
         r, o = statistics.median(ref_t), statistics.median(our_t)
         speedup = "" if r != r else f"{r / o:.1f}x"
         memory = f"{ref_m:.2f} / {our_m:.2f}" if ref_m is not None and our_m is not None else "n/a"
         ref_text = "" if r != r else f"{r:.3f}"
         print(f"| {name} | {ref_text} | {o:.3f} | {speedup} | {memory} | "
-              f"{'' if same is None else ('yes' if same else 'NO')} |")
+              f"{'' if same is None else ('yes' if same else 'NO')} |", flush=True)
 
 
 def main(argv=None) -> int:
@@ -215,8 +228,7 @@ def main(argv=None) -> int:
         with open("/proc/sys/kernel/sched_autogroup_enabled") as file:
             load += f", autogroup {'on' if file.read().strip() == '1' else 'off'}"
     with competing_load(args.contention), torch.no_grad():
-        rows, n_labels, _ = run(args)
-    print_table(args, rows, n_labels, load)
+        rows, _, _ = run(args, Table(args, load))
     return 0 if all(row[5] is not False for row in rows) else 1
 
 
