@@ -4,7 +4,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -30,11 +30,14 @@ class ClipModel:
     tokenizer: Callable
     name: str
     key: str = field(default="")  # identifies these exact weights in embedding cache files
+    description: str = ""  # which weights these are, for users (defaults to the name)
+    notes: Tuple[str, ...] = ()  # warnings users should see next to the description
 
     def __post_init__(self):
         self.model.eval().requires_grad_(False)
         if not self.key:
             self.key = weights_fingerprint(self.model, self.name)
+        self.description = self.description or self.name
 
     @property
     def device(self) -> torch.device:

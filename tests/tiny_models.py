@@ -71,3 +71,76 @@ def sample_images():
     shapes = Image.new("RGB", (64, 64), (20, 40, 200))
     shapes.paste((250, 200, 10), (10, 10, 40, 50))
     return [noise, gradient, shapes]
+
+
+def write_hf_clip(folder: str, activation: str = "quick_gelu", seed: int = 0):
+    """A tiny ``transformers.CLIPModel`` saved with ``save_pretrained`` (model.safetensors + config.json)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    tower = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, hidden_act=activation)
+    config = CLIPConfig(text_config=dict(tower, num_attention_heads=2),
+                        vision_config=dict(tower, num_attention_heads=4, image_size=64, patch_size=16),
+                        projection_dim=32)
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def comfy_layout(model):
+    """An open_clip CLIP's towers as ComfyUI and Hugging Face store them: (text state dict, vision state dict).
+
+    Written out name by name (not with the pack's own tables), so a round trip through the pack checks its mapping.
+    """
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+
+    def blocks(prefix_from, prefix_to):
+        out, i = {}, 0
+        while f"{prefix_from}{i}.ln_1.weight" in sd:
+            a, b = f"{prefix_from}{i}.", f"{prefix_to}{i}."
+            for p in ("weight", "bias"):
+                q, k, v = sd[f"{a}attn.in_proj_{p}"].chunk(3)
+                out.update({f"{b}self_attn.q_proj.{p}": q, f"{b}self_attn.k_proj.{p}": k,
+                            f"{b}self_attn.v_proj.{p}": v,
+                            f"{b}self_attn.out_proj.{p}": sd[f"{a}attn.out_proj.{p}"],
+                            f"{b}layer_norm1.{p}": sd[f"{a}ln_1.{p}"], f"{b}layer_norm2.{p}": sd[f"{a}ln_2.{p}"],
+                            f"{b}mlp.fc1.{p}": sd[f"{a}mlp.c_fc.{p}"], f"{b}mlp.fc2.{p}": sd[f"{a}mlp.c_proj.{p}"]})
+            i += 1
+        return out
+
+    text = blocks("transformer.resblocks.", "text_model.encoder.layers.")
+    text.update({"text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
+                 "text_model.embeddings.position_embedding.weight": sd["positional_embedding"],
+                 "text_model.final_layer_norm.weight": sd["ln_final.weight"],
+                 "text_model.final_layer_norm.bias": sd["ln_final.bias"],
+                 "text_projection.weight": sd["text_projection"].t()})
+    vision = blocks("visual.transformer.resblocks.", "vision_model.encoder.layers.")
+    vision.update({"vision_model.embeddings.class_embedding": sd["visual.class_embedding"],
+                   "vision_model.embeddings.patch_embedding.weight": sd["visual.conv1.weight"],
+                   "vision_model.embeddings.position_embedding.weight": sd["visual.positional_embedding"],
+                   "vision_model.pre_layrnorm.weight": sd["visual.ln_pre.weight"],
+                   "vision_model.pre_layrnorm.bias": sd["visual.ln_pre.bias"],
+                   "vision_model.post_layernorm.weight": sd["visual.ln_post.weight"],
+                   "vision_model.post_layernorm.bias": sd["visual.ln_post.bias"],
+                   "visual_projection.weight": sd["visual.proj"].t()})
+    return text, vision
+
+
+def tiny_tower_configs(activation: str = "gelu"):
+    """Hugging Face tower configs of TINY_CLIP_CONFIG (what a file's sidecar .json says about a tower)."""
+    text, vision = TINY_CLIP_CONFIG["text_cfg"], TINY_CLIP_CONFIG["vision_cfg"]
+    return ({"model_type": "clip_text_model", "num_attention_heads": text["heads"], "hidden_act": activation},
+            {"model_type": "clip_vision_model", "num_attention_heads": vision["width"] // vision["head_width"],
+             "hidden_act": activation})
+
+
+def save_tensors(tensors, path: str, config=None, dtype=None) -> str:
+    """A state dict as a .safetensors file (``dtype``: cast first), with an optional sidecar config."""
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file({k: (v.to(dtype) if dtype else v).contiguous() for k, v in tensors.items()}, path)
+    if config is not None:
+        with open(os.path.splitext(path)[0] + ".json", "w") as file:
+            json.dump(config, file)
+    return path
