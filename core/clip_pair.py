@@ -283,14 +283,20 @@ def _training_notes(text: Tower, vision: Tower) -> Tuple[str, ...]:
     return tuple(notes)
 
 
-def pair_from_sources(text_source, vision_source, text_encoder: str = "auto") -> Pair:
-    """Check the pair two sources make (``text_encoder``: which of several text towers, or ``auto``)."""
+def pair_from_sources(text_sources, vision_source, text_encoder: str = "auto", *, where: Optional[str] = None,
+                      others: Sequence[str] = ()) -> Pair:
+    """Check the pair that a source (or several: one per text encoder) and a vision source make. ``text_encoder``
+    names the text tower to use (``auto``: the one matching the vision side); ``others`` names encoders of the
+    text side that are not CLIP (t5xxl ...), for the error when there is no CLIP one."""
+    text_sources = list(text_sources) if isinstance(text_sources, (list, tuple)) else [text_sources]
+    where = where or (text_sources[0].label if text_sources else "the text encoder")
     vision = vision_tower(vision_source)
-    towers = text_towers(text_source)
+    towers = [tower for source in text_sources for tower in text_towers(source)]
     if not towers:
         need = vision.known.connect if vision.known else "a CLIP text encoder"
-        raise ModelLoadError(f"{text_source.label} holds no CLIP text encoder: connect {need}.")
-    return plan_pair(pick_text(towers, vision, text_encoder, text_source.label), vision)
+        holds = f" (only {', '.join(others)})" if others else ""
+        raise ModelLoadError(f"{where} holds no CLIP text encoder{holds}: connect {need}.")
+    return plan_pair(pick_text(towers, vision, text_encoder, where), vision)
 
 
 def load_clip_pair(text_path: str, vision_path: Optional[str] = None, *, text_encoder: str = "auto",

@@ -226,3 +226,27 @@ def test_workflow_with_every_node_in_comfyui(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         shutil.copy(log_path, os.environ["COMFYUI_E2E_LOG"]) if os.environ.get("COMFYUI_E2E_LOG") else None
+
+
+def test_comfyui_objects_convert_to_one_clip(tmp_path):
+    """ComfyUI's own CLIP and CLIP Vision classes (sized tiny through their configs) through the pack's extraction:
+    features equal ComfyUI's own forward passes, fp16 weights are shared, LoRA patches and never-loaded weights are
+    left out, and a SigLIP vision model is refused."""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    script = os.path.join(ROOT, "tests", "comfy_objects.py")
+    done = subprocess.run([python, script, COMFYUI_DIR, ROOT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=600, cwd=str(tmp_path))
+    reports = [line[len("REPORT "):] for line in done.stdout.splitlines() if line.startswith("REPORT ")]
+    assert done.returncode == 0 and reports, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(reports[-1])
+    for activation in ("quick_gelu", "gelu"):
+        run = report[activation]
+        assert run["towers"] == ["clip_l"] and run["others"] == [] and run["hidden_act"] == [activation]
+        assert run["text_max_diff"] < 1e-5 * max(run["text_scale"], 1), run
+        assert run["image_max_diff"] < 1e-5 * max(run["image_scale"], 1), run
+        # fp16 model over ComfyUI's fp16 tensors: all but q/k/v, the projections and the text norms are shared
+        assert run["fp16_shared_tensors"] == 33 and run["fp16_tensors"] == 62, run
+        assert run["lora_applied"] and run["lora_ignored"] and run["same_identity"], run
+    assert report["projection_left_out"]
+    assert report["no_projection_error"].startswith("clip_l of the connected CLIP has no text_projection")
+    assert "the connected CLIP Vision is a SigLIP image encoder" in report["siglip_error"]
