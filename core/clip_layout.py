@@ -110,7 +110,7 @@ LAYOUTS = (
 
 # Image encoders ComfyUI also loads as CLIP Vision that are not CLIP: (marker key, family, why it cannot pair).
 OTHER_VISION = (
-    ("vision_model.head.probe", "SigLIP", "its text tower is not a CLIP text encoder"),
+    ("head.probe", "SigLIP", "its text tower is not a CLIP text encoder"),
     ("embeddings.mask_token", "DINOv2", "it has no text tower at all"),
 )
 

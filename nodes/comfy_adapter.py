@@ -15,7 +15,7 @@ under ``--novram`` / ``--cpu`` they run on the CPU.
 
 import logging
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -71,6 +71,13 @@ class ComfyEnvironment:
 
     def list_files(self) -> List[str]:
         return list(self.folder_paths.get_filename_list(FOLDER))
+
+    def host_files(self, kind: str) -> List[Tuple[str, str]]:
+        if kind not in self.folder_paths.folder_names_and_paths:
+            return []
+        found = ((name, self.folder_paths.get_full_path(kind, name))
+                 for name in self.folder_paths.get_filename_list(kind) if name.endswith(".safetensors"))
+        return [(name, path) for name, path in found if path]
 
     # -- devices and precision ------------------------------------------------------------------------------------
     def devices(self, choice: str):

@@ -5,15 +5,61 @@ beside t5xxl or llama in other models) and a CLIP Vision model at ``clip_vision.
 layout. Only attributes are read; nothing is imported from ComfyUI, and no weight is copied here.
 """
 
+import uuid
+import weakref
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ..core.clip_pair import Pair, load_pair, pair_from_sources
 from ..core.tensors import MemoryTensors
 
 CLIP_INPUT = "the connected CLIP"
 VISION_INPUT = "the connected CLIP Vision"
+TEXT_ENCODERS = ("auto", "clip_l", "clip_h", "clip_g")
+_tokens: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+class ComfyPair:
+    """A CLIP and a CLIP Vision from ComfyUI's loaders as one interrogator CLIP: checked from shapes when made (the
+    error says what to connect), converted on first use. Holds the ComfyUI objects, never copies of weights."""
+
+    def __init__(self, clip, clip_vision, text_encoder: str = "auto"):
+        self.clip, self.clip_vision, self.text_encoder = clip, clip_vision, text_encoder
+        pair = self.plan()
+        self.arch, self.text_name, self.description, self.notes = pair.arch, pair.text.name, pair.description, \
+            pair.notes
+        self._modules = tuple(weakref.ref(model_identity(o)) for o in (clip, clip_vision))
+
+    def plan(self) -> Pair:
+        sources, others = text_sources(self.clip)
+        return pair_from_sources(sources, vision_source(self.clip_vision), self.text_encoder, where=CLIP_INPUT,
+                                 others=others)
+
+    @property
+    def key(self) -> tuple:
+        """The same ComfyUI models (LoRA clones included) give the same key; any other load, another."""
+        return ("comfy pair", *(_token(ref()) for ref in self._modules), self.text_name)
+
+    @property
+    def refs(self) -> Tuple[weakref.ref, ...]:
+        """Weak references to ComfyUI's models: dead once ComfyUI drops them (the converted copy should go too)."""
+        return self._modules
+
+    def load(self, dtype, progress=None):
+        return load_pair(self.plan(), dtype=dtype, progress=progress)
+
+    def __str__(self) -> str:
+        return self.description
+
+
+def _token(module) -> str:
+    if module is None:
+        return "gone"
+    if module not in _tokens:
+        _tokens[module] = uuid.uuid4().hex
+    return _tokens[module]
 
 
 def text_sources(clip) -> Tuple[List[MemoryTensors], List[str]]:

@@ -23,6 +23,10 @@ class Environment(Protocol):
     def list_files(self) -> List[str]:
         """``.safetensors`` files in those folders, relative to them."""
 
+    def host_files(self, kind: str) -> List[Tuple[str, str]]:
+        """(name, path) of the host's own ``.safetensors`` model files of a kind: ``checkpoints``,
+        ``text_encoders`` or ``clip_vision`` (ComfyUI's folders), which CLIP pairs are made from."""
+
     def devices(self, choice: str) -> Tuple[torch.device, torch.device]:
         """(where models run, where they wait) for a device choice of Load Interrogator."""
 
@@ -40,10 +44,12 @@ class Environment(Protocol):
 class PlainEnvironment:
     name = "plain"
 
-    def __init__(self, models_dir: Optional[str] = None, budget_bytes: Optional[int] = None):
+    def __init__(self, models_dir: Optional[str] = None, budget_bytes: Optional[int] = None,
+                 host_models_dir: Optional[str] = None):
         self.models_dir = models_dir or os.environ.get("CLIP_INTERROGATOR_MODELS") or \
             os.path.join(os.path.expanduser("~"), ".cache", "clip_interrogator_nodes")
         self.budget_bytes = budget_bytes
+        self.host_models_dir = host_models_dir  # a ComfyUI-style models folder (checkpoints/, clip_vision/ ...)
 
     def model_folders(self) -> List[str]:
         return [self.models_dir]
@@ -56,6 +62,13 @@ class PlainEnvironment:
             found.extend(f if rel == "." else os.path.join(rel, f).replace(os.sep, "/")
                          for f in sorted(files) if f.endswith(".safetensors"))
         return found
+
+    def host_files(self, kind: str) -> List[Tuple[str, str]]:
+        folder = os.path.join(self.host_models_dir, kind) if self.host_models_dir else None
+        if not folder or not os.path.isdir(folder):
+            return []
+        return [(name, os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+                if name.endswith(".safetensors")]
 
     def devices(self, choice: str) -> Tuple[torch.device, torch.device]:
         cpu = torch.device("cpu")

@@ -3,7 +3,8 @@
 from ..core import DEFAULT_CLIP, MODES
 from .display import analysis_json, analysis_text
 from .model_files import CAPTION_PRESETS
-from .runtime import DEVICES, PRECISIONS, VOCABULARIES, InterrogatorSpec, runtime
+from .comfy_models import TEXT_ENCODERS
+from .runtime import DEVICES, PRECISIONS, InterrogatorSpec, runtime
 
 CATEGORY = "CLIP Interrogator"
 
@@ -21,6 +22,40 @@ def max_flavors_input(*modes: str):
                     "tooltip": f"Most descriptive terms to add; 0 uses the mode's default ({defaults})."})
 
 
+def model_inputs(files) -> dict:
+    """The inputs both interrogator loaders take besides the CLIP: caption model, precision, device."""
+    return {
+        "caption_model": (files.caption_choices(), {"default": CAPTION_PRESETS[0], "tooltip": (
+            "Model that writes the caption (the subject) the prompt starts with; 'none' for prompts without "
+            "a caption. Local model folders in models/clip_interrogator are listed too.")}),
+        "precision": (list(PRECISIONS), {"default": "auto", "tooltip": (
+            "Weight precision. auto follows ComfyUI: fp16/bf16 on a GPU, fp32 on the CPU.")}),
+        "device": (list(DEVICES), {"default": "auto", "tooltip": (
+            "auto: the GPU ComfyUI uses (CPU under --cpu or --novram); cpu: always the CPU, which keeps "
+            "the GPU free for diffusion.")}),
+    }
+
+
+def vocabulary_inputs(files) -> dict:
+    return {
+        "vocabulary": (files.vocabulary_choices(), {"default": "builtin", "tooltip": (
+            "Term lists to pick from: this pack's own lists, 'reference' (the lists of the installed "
+            "clip-interrogator package), or your own set (a folder with a manifest.json in "
+            "models/clip_interrogator/vocabularies). .txt files in models/clip_interrogator/vocab are added to any.")}),
+        "artists": ("BOOLEAN", {"default": True, "label_on": "on", "label_off": "off",
+                                "tooltip": "Off: prompts never name an artist."}),
+        "ban": ("STRING", {"default": "", "multiline": False, "tooltip": (
+            "Comma-separated words or phrases that must never appear in a prompt.")}),
+    }
+
+
+def interrogator(clip, caption_model, precision, device, vocabulary, artists, ban) -> tuple:
+    banned = tuple(sorted({b.strip() for b in ban.split(",") if b.strip()}))
+    spec = InterrogatorSpec(clip, caption_model, precision, device, vocabulary, bool(artists), banned)
+    runtime().validate(spec)
+    return (spec,)
+
+
 class LoadInterrogator:
     @classmethod
     def INPUT_TYPES(cls):
@@ -29,26 +64,12 @@ class LoadInterrogator:
             "required": {
                 "clip_model": (files.clip_choices(), {"default": DEFAULT_CLIP, "tooltip": (
                     "CLIP model that ranks the terms. Match your checkpoint: ViT-L-14/openai for SD 1.x, ViT-H-14 for "
-                    "SD 2.x, ViT-bigG-14 for SDXL. Local .safetensors files in models/clip_interrogator are listed "
-                    "too (a custom architecture needs a .json config beside the file).")}),
-                "caption_model": (files.caption_choices(), {"default": CAPTION_PRESETS[0], "tooltip": (
-                    "Model that writes the caption (the subject) the prompt starts with; 'none' for prompts without "
-                    "a caption. Local model folders in models/clip_interrogator are listed too.")}),
-                "precision": (list(PRECISIONS), {"default": "auto", "tooltip": (
-                    "Weight precision. auto follows ComfyUI: fp16/bf16 on a GPU, fp32 on the CPU.")}),
-                "device": (list(DEVICES), {"default": "auto", "tooltip": (
-                    "auto: the GPU ComfyUI uses (CPU under --cpu or --novram); cpu: always the CPU, which keeps "
-                    "the GPU free for diffusion.")}),
+                    "SD 2.x, ViT-bigG-14 for SDXL. Also listed: pairs of files you already have (a checkpoint or "
+                    "text encoder + a CLIP Vision file that make one CLIP), and .safetensors files in "
+                    "models/clip_interrogator (a custom architecture needs a .json config beside the file).")}),
+                **model_inputs(files),
             },
-            "optional": {
-                "vocabulary": (list(VOCABULARIES), {"default": "builtin", "tooltip": (
-                    "Term lists to pick from: this pack's own lists, or 'reference' (the lists of the installed "
-                    "clip-interrogator package). .txt files in models/clip_interrogator/vocab are added to either.")}),
-                "artists": ("BOOLEAN", {"default": True, "label_on": "on", "label_off": "off",
-                                        "tooltip": "Off: prompts never name an artist."}),
-                "ban": ("STRING", {"default": "", "multiline": False, "tooltip": (
-                    "Comma-separated words or phrases that must never appear in a prompt.")}),
-            },
+            "optional": vocabulary_inputs(files),
         }
 
     RETURN_TYPES = ("INTERROGATOR",)
@@ -59,10 +80,42 @@ class LoadInterrogator:
     DESCRIPTION = "Chooses the CLIP and caption models for the interrogation nodes. Loads nothing until they run."
 
     def load(self, clip_model, caption_model, precision, device, vocabulary="builtin", artists=True, ban=""):
-        banned = tuple(sorted({b.strip() for b in ban.split(",") if b.strip()}))
-        spec = InterrogatorSpec(clip_model, caption_model, precision, device, vocabulary, bool(artists), banned)
-        runtime().validate(spec)
-        return (spec,)
+        return interrogator(clip_model, caption_model, precision, device, vocabulary, artists, ban)
+
+
+class InterrogatorFromComfyModels:
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = runtime().files
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": (
+                    "The text encoder(s) you already load: Load Checkpoint's CLIP (SDXL: its clip_g; SD 2.x: its "
+                    "ViT-H), or Load CLIP / DualCLIPLoader. SD 1.x checkpoints lack CLIP-L's projection: load a "
+                    "clip_l text encoder instead.")}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": (
+                    "The matching CLIP Vision (Load CLIP Vision): ViT-bigG-14 for SDXL, ViT-H-14 for SD 2.x, "
+                    "ViT-L-14 for SD 1.x.")}),
+                "text_encoder": (list(TEXT_ENCODERS), {"default": "auto", "tooltip": (
+                    "Which text encoder of the CLIP pairs with the CLIP Vision; auto picks the one trained with it "
+                    "(ViT-bigG vision -> clip_g).")}),
+                **model_inputs(files),
+            },
+            "optional": vocabulary_inputs(files),
+        }
+
+    RETURN_TYPES = ("INTERROGATOR",)
+    RETURN_NAMES = ("interrogator",)
+    OUTPUT_TOOLTIPS = ("A handle for every interrogation node: the pair becomes one CLIP on first use.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Interrogates with the CLIP and CLIP Vision models ComfyUI already loaded, nothing to download: "
+                   "an SDXL checkpoint's clip_g + ViT-bigG CLIP Vision is the SDXL interrogator.")
+
+    def load(self, clip, clip_vision, text_encoder, caption_model, precision, device, vocabulary="builtin",
+             artists=True, ban=""):
+        return interrogator(runtime().comfy_pair(clip, clip_vision, text_encoder), caption_model, precision,
+                            device, vocabulary, artists, ban)
 
 
 class _PromptNode:
@@ -147,7 +200,7 @@ class AnalyzeImage:
     RETURN_NAMES = ("text", "json")
     OUTPUT_IS_LIST = (True, True)
     OUTPUT_NODE = True
-    OUTPUT_TOOLTIPS = ("Per image, each term list's best terms with their CLIP scores.",
+    OUTPUT_TOOLTIPS = ("Per image: the CLIP weights in use, then each term list's best terms with their CLIP scores.",
                        'The same as JSON: {"list": [{"term": ..., "score": ...}]}.')
     FUNCTION = "run"
     CATEGORY = CATEGORY
@@ -155,7 +208,8 @@ class AnalyzeImage:
 
     def run(self, image, interrogator, top):
         results = runtime().analyze(interrogator, image, top=top)
-        texts = analysis_text(results)
+        backbone = runtime().backbone(interrogator)
+        texts = [f"{backbone}\n{text}" for text in analysis_text(results)]
         return {"ui": {"text": texts}, "result": (texts, analysis_json(results))}
 
 
@@ -192,6 +246,7 @@ class UnloadInterrogator:
 
 NODE_CLASS_MAPPINGS = {
     "ClipInterrogatorLoad": LoadInterrogator,
+    "ClipInterrogatorFromComfyModels": InterrogatorFromComfyModels,
     "ClipInterrogatorInterrogate": InterrogateImage,
     "ClipInterrogatorStylePrompt": StyleOnlyPrompt,
     "ClipInterrogatorNegativePrompt": NegativePrompt,
@@ -201,6 +256,7 @@ NODE_CLASS_MAPPINGS = {
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ClipInterrogatorLoad": "Load Interrogator",
+    "ClipInterrogatorFromComfyModels": "Interrogator from ComfyUI Models",
     "ClipInterrogatorInterrogate": "Interrogate Image",
     "ClipInterrogatorStylePrompt": "Style-Only Prompt",
     "ClipInterrogatorNegativePrompt": "Negative Prompt",

@@ -5,21 +5,21 @@ Nothing here imports ComfyUI: the host comes in as an environment (see :mod:`.en
 
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
 from ..core import (DEFAULT_CAPTION_MODEL, NO_CAPTION, ImageError, Interrogator, InterrogatorError, VocabError,
                     Vocabulary, caption_needed, load_captioner, load_clip)
 from ..core.images import as_pil_list
+from .comfy_models import ComfyPair
 from .display import Analysis
 from .environment import current_environment
 from .model_cache import ModelCache, Resident
-from .model_files import ModelFiles
+from .model_files import VOCABULARIES, FilePair, ModelFiles
 
 PRECISIONS = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DEVICES = ("auto", "cpu")
-VOCABULARIES = ("builtin", "reference")
 
 
 class NodeError(RuntimeError):
@@ -34,9 +34,10 @@ def user_error(error: InterrogatorError) -> Exception:
 
 @dataclass(frozen=True)
 class InterrogatorSpec:
-    """What ``Load Interrogator`` outputs: which models and vocabulary to use. A handle, never weights."""
+    """What ``Load Interrogator`` outputs: which models and vocabulary to use. A handle, never weights: ``clip`` is
+    a model or pair name, or the CLIP + CLIP Vision taken from ComfyUI's loaders."""
 
-    clip: str
+    clip: Union[str, ComfyPair]
     caption: str = DEFAULT_CAPTION_MODEL
     precision: str = "auto"
     device: str = "auto"
@@ -58,6 +59,7 @@ class Runtime:
         self._vocabs: Dict[tuple, Vocabulary] = {}
         self._engines: Dict[tuple, Interrogator] = {}
         self._indexed: Dict[tuple, set] = {}  # CLIP key -> keys of engines whose label index is built
+        self._pair_refs: Dict[tuple, tuple] = {}  # CLIP key of a converted ComfyUI pair -> its models' weakrefs
         self._lock = threading.RLock()
 
     def validate(self, spec: InterrogatorSpec) -> None:
@@ -67,9 +69,17 @@ class Runtime:
         if spec.device not in DEVICES:
             raise ValueError(f"CLIP Interrogator: unknown device {spec.device!r}; use {', '.join(DEVICES)}.")
         try:
-            self.files.clip_source(spec.clip)
+            if not isinstance(spec.clip, ComfyPair):  # a pair from ComfyUI's loaders was checked when made
+                self.files.clip_source(spec.clip)
             self.files.caption_source(spec.caption)
             self.vocabulary(spec)
+        except InterrogatorError as error:
+            raise user_error(error) from error
+
+    def comfy_pair(self, clip, clip_vision, text_encoder: str = "auto") -> ComfyPair:
+        """ComfyUI's CLIP + CLIP Vision as one interrogator CLIP, checked now from shapes (converted on first use)."""
+        try:
+            return ComfyPair(clip, clip_vision, text_encoder)
         except InterrogatorError as error:
             raise user_error(error) from error
 
@@ -87,11 +97,40 @@ class Runtime:
         return self.cache.get(key, loader, load_device, offload)
 
     def clip(self, spec: InterrogatorSpec) -> Resident:
-        source, models_dir = self.files.clip_source(spec.clip)
         load_device, offload, dtype = self._device_dtype(spec)
+        source = spec.clip if isinstance(spec.clip, ComfyPair) else self.files.clip_source(spec.clip)
+        if isinstance(source, (ComfyPair, FilePair)):
+            return self._pair(source, load_device, offload, dtype)
+        source, models_dir = source
         key = ("clip", source, str(dtype), str(load_device))
         return self._resident(key, lambda: load_clip(source, models_dir=models_dir, device=offload, dtype=dtype),
                               load_device, offload)
+
+    def _pair(self, pair: Union[ComfyPair, FilePair], load_device, offload, dtype) -> Resident:
+        """A text encoder + CLIP Vision converted once (on the CPU) into one CLIP, then cached like any model."""
+        self._forget_dropped_pairs()
+        key = (*pair.key, str(dtype), str(load_device))
+        if isinstance(pair, ComfyPair):
+            self._pair_refs[key] = pair.refs
+
+        def load():
+            clip = pair.load(dtype, self.env.progress())
+            clip.model.to(offload)
+            return clip
+
+        return self._resident(key, load, load_device, offload)
+
+    def _forget_dropped_pairs(self) -> None:
+        """A pair converted from ComfyUI's models shares their tensors: once ComfyUI drops the models, drop it too."""
+        with self._lock:
+            for key, refs in list(self._pair_refs.items()):
+                if all(ref() is not None for ref in refs):
+                    continue
+                del self._pair_refs[key]
+                self.cache.drop(key)
+                for engine_key in [k for k in self._engines if k[0] == key]:
+                    del self._engines[engine_key]
+                self._indexed.pop(key, None)
 
     def captioner(self, spec: InterrogatorSpec) -> Optional[Resident]:
         source, models_dir = self.files.caption_source(spec.caption)
@@ -106,9 +145,9 @@ class Runtime:
         key = (spec.vocabulary, spec.artists, spec.ban)
         with self._lock:
             if key not in self._vocabs:
-                if spec.vocabulary not in VOCABULARIES:
-                    raise VocabError(f"unknown vocabulary {spec.vocabulary!r}; use {', '.join(VOCABULARIES)}.")
-                vocab = Vocabulary.builtin() if spec.vocabulary == "builtin" else Vocabulary.reference()
+                folder = self.files.vocabulary_folder(spec.vocabulary)
+                vocab = Vocabulary.from_folder(folder) if folder else \
+                    Vocabulary.builtin() if spec.vocabulary == "builtin" else Vocabulary.reference()
                 vocab = vocab.with_user_lists(self.files.user_vocab_dir)
                 if not spec.artists:
                     vocab = vocab.without(roles=["artist"])
@@ -172,6 +211,18 @@ class Runtime:
         except InterrogatorError as error:
             raise user_error(error) from error
 
+    def backbone(self, spec: InterrogatorSpec) -> str:
+        """Which CLIP weights the interrogator runs, in what precision and where (with any warning about them)."""
+        try:
+            with self._lock:
+                clip = self.clip(spec)
+        except InterrogatorError as error:
+            raise user_error(error) from error
+        model = clip.value
+        dtype = str(model.dtype).replace("torch.", "")
+        return "\n".join([f"CLIP: {model.description} ({dtype} on {clip.load_device})",
+                          *(f"warning: {note}" for note in model.notes)])
+
     def unload(self, free_ram: bool = False) -> int:
         """Move every model off the accelerator; ``free_ram`` also forgets them. Returns how many were cached."""
         with self._lock:
@@ -180,6 +231,7 @@ class Runtime:
                 self.cache.clear()
                 self._engines.clear()
                 self._indexed.clear()
+                self._pair_refs.clear()
             else:
                 self.cache.unload()
             return count
