@@ -10,6 +10,7 @@ import torch
 
 from .caption import CAPTION_MODELS, DEFAULT_CAPTION_MODEL, load_captioner
 from .clip_model import DEFAULT_CLIP, PRESETS, load_clip
+from .clip_pair import load_clip_pair
 from .errors import InterrogatorError
 from .images import find_images, open_image
 from .interrogator import Interrogator, Settings, caption_needed
@@ -38,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
                                                   f"{', '.join(PRESETS)})")
     run.add_argument("--clip-weights", metavar="FILE", help="local CLIP .safetensors file")
     run.add_argument("--clip-config", metavar="JSON", help="open_clip model config for a custom architecture")
+    run.add_argument("--clip-text", metavar="FILE", help="a checkpoint, text-encoder file or Hugging Face CLIP folder "
+                                                          "whose text encoder to pair with --clip-vision")
+    run.add_argument("--clip-vision", metavar="FILE", help="the CLIP Vision file of the pair (default: --clip-text)")
+    run.add_argument("--text-encoder", default="auto", help="which text encoder of --clip-text (clip_l, clip_g, "
+                                                             "clip_h; auto: the one matching the vision tower)")
     run.add_argument("--caption-model", default=DEFAULT_CAPTION_MODEL,
                      help=f"{', '.join(CAPTION_MODELS)}, a local folder, or 'none'")
     run.add_argument("--caption", help="use this caption instead of running the caption model")
@@ -95,8 +101,12 @@ def build(args) -> Interrogator:
     vocab = _vocabulary(args)
     caption_name = args.caption_model if caption_needed(args.mode, args.caption) else "none"
     captioner = load_captioner(caption_name, models_dir=args.models_dir, device=device, dtype=dtype)
-    clip = load_clip(args.clip, weights=args.clip_weights, config=args.clip_config, models_dir=args.models_dir,
-                     device=device, dtype=dtype)
+    if args.clip_text:
+        clip = load_clip_pair(args.clip_text, args.clip_vision, text_encoder=args.text_encoder, dtype=dtype)
+        clip.model.to(device)
+    else:
+        clip = load_clip(args.clip, weights=args.clip_weights, config=args.clip_config, models_dir=args.models_dir,
+                         device=device, dtype=dtype)
     cache_dir = args.cache_dir or (os.path.join(args.models_dir, "cache") if args.models_dir else
                                    os.path.join(os.path.expanduser("~"), ".cache", "clip_interrogator_nodes"))
     settings = Settings.reference() if args.reference else Settings()

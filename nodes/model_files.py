@@ -176,10 +176,14 @@ class ModelFiles:
         raise ModelNotFoundError(f"CLIP model file {name} is not in {self._folders_text()}; put the .safetensors "
                                  f"file (and a .json config for a custom architecture) there, or pick a preset.")
 
+    def host_path(self, folder: str, name: str) -> Optional[str]:
+        """The path of one of the host's model files (``checkpoints``, ``text_encoders``, ``clip_vision``)."""
+        return dict(self.env.host_files(folder)).get(name)
+
     def _pair_source(self, kind: str, text_name: str, text_encoder: str, vision_name: str) -> FilePair:
         paths = {}
         for folder, name in ((kind, text_name), ("clip_vision", vision_name)):
-            paths[folder] = dict(self.env.host_files(folder)).get(name)
+            paths[folder] = self.host_path(folder, name)
             if not paths[folder]:
                 raise ModelNotFoundError(f"{name} is not in ComfyUI's models/{folder} any more; pick another CLIP.")
         return FilePair(paths[kind], text_encoder, paths["clip_vision"])

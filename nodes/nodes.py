@@ -102,6 +102,7 @@ class InterrogatorFromComfyModels:
                 **model_inputs(files),
             },
             "optional": vocabulary_inputs(files),
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},  # which files the two inputs came from
         }
 
     RETURN_TYPES = ("INTERROGATOR",)
@@ -113,9 +114,9 @@ class InterrogatorFromComfyModels:
                    "an SDXL checkpoint's clip_g + ViT-bigG CLIP Vision is the SDXL interrogator.")
 
     def load(self, clip, clip_vision, text_encoder, caption_model, precision, device, vocabulary="builtin",
-             artists=True, ban=""):
-        return interrogator(runtime().comfy_pair(clip, clip_vision, text_encoder), caption_model, precision,
-                            device, vocabulary, artists, ban)
+             artists=True, ban="", prompt=None, unique_id=None):
+        pair = runtime().comfy_pair(clip, clip_vision, text_encoder, prompt, unique_id)
+        return interrogator(pair, caption_model, precision, device, vocabulary, artists, ban)
 
 
 class _PromptNode:

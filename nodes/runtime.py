@@ -12,6 +12,7 @@ import torch
 from ..core import (DEFAULT_CAPTION_MODEL, NO_CAPTION, ImageError, Interrogator, InterrogatorError, VocabError,
                     Vocabulary, caption_needed, load_captioner, load_clip)
 from ..core.images import as_pil_list
+from .comfy_graph import input_files
 from .comfy_models import ComfyPair
 from .display import Analysis
 from .environment import current_environment
@@ -76,10 +77,13 @@ class Runtime:
         except InterrogatorError as error:
             raise user_error(error) from error
 
-    def comfy_pair(self, clip, clip_vision, text_encoder: str = "auto") -> ComfyPair:
-        """ComfyUI's CLIP + CLIP Vision as one interrogator CLIP, checked now from shapes (converted on first use)."""
+    def comfy_pair(self, clip, clip_vision, text_encoder: str = "auto", prompt=None, node_id=None) -> ComfyPair:
+        """ComfyUI's CLIP + CLIP Vision as one interrogator CLIP, checked now from shapes (converted on first use).
+        ``prompt`` and ``node_id`` (the graph and the asking node) tell which files the two came from."""
+        find = self.files.host_path
         try:
-            return ComfyPair(clip, clip_vision, text_encoder)
+            return ComfyPair(clip, clip_vision, text_encoder, input_files(prompt, node_id, "clip", find),
+                             input_files(prompt, node_id, "clip_vision", find))
         except InterrogatorError as error:
             raise user_error(error) from error
 

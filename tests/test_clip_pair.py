@@ -57,15 +57,20 @@ def test_towers_in_separate_files_as_comfyui_keeps_them(tmp_path, images):
 
 # -- round trip: an open_clip model exported to ComfyUI's layout and back -------------------------------------------
 @pytest.fixture(scope="module")
-def round_trip(tmp_path_factory):
+def split_files(tmp_path_factory):
+    """The tiny CLIP as an open_clip file, and as a text-encoder file + a CLIP Vision file in ComfyUI's layout."""
     folder = tmp_path_factory.mktemp("round_trip")
     path = write_tiny_clip(str(folder))
-    original = load_clip(weights=path)
-    text, vision = comfy_layout(original.model)
+    text, vision = comfy_layout(load_clip(weights=path).model)
     text_config, vision_config = tiny_tower_configs("gelu")
-    save_tensors(text, str(folder / "te.safetensors"), text_config)
-    save_tensors(vision, str(folder / "vision.safetensors"), vision_config)
-    return original, load_clip_pair(str(folder / "te.safetensors"), str(folder / "vision.safetensors"))
+    return (path, save_tensors(text, str(folder / "te.safetensors"), text_config),
+            save_tensors(vision, str(folder / "vision.safetensors"), vision_config))
+
+
+@pytest.fixture(scope="module")
+def round_trip(split_files):
+    path, text, vision = split_files
+    return load_clip(weights=path), load_clip_pair(text, vision)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +103,23 @@ def test_round_trip_keeps_every_tensor(round_trip):
     for key, tensor in original.model.state_dict().items():
         if key != "logit_scale":
             assert torch.equal(mine[key], tensor), key
+
+
+def test_cli_takes_a_text_encoder_and_a_clip_vision_file(split_files, images, tmp_path):
+    from tests.test_core import _cli
+
+    path, text, vision = split_files
+    folder = tmp_path / "vocab"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(
+        '{"lists": [{"name": "looks", "role": "flavor", "terms": ["red", "blue", "misty", "sunny", "dark"]}]}')
+    images[1].save(tmp_path / "image.png")
+    common = ("interrogate", str(tmp_path / "image.png"), "--mode", "fast", "--caption", "a road", "--vocab",
+              str(folder), "--device", "cpu", "--quiet", "--cache-dir", str(tmp_path / "cache"))
+    pair = _cli(*common, "--clip-text", text, "--clip-vision", vision)
+    whole = _cli(*common, "--clip-weights", path)
+    assert pair.returncode == 0 == whole.returncode, pair.stderr + whole.stderr
+    assert pair.stdout == whole.stdout and pair.stdout.startswith("a road, ")
 
 
 # -- what the conversion costs ------------------------------------------------------------------------------------

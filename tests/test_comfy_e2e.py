@@ -5,6 +5,7 @@ Runs when ``COMFYUI_DIR`` points to a ComfyUI checkout whose requirements are im
 this pack linked into custom_nodes and the tiny test models in models/clip_interrogator; it is always stopped.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -88,6 +89,31 @@ def _tail(path, n=60):
         return "".join(file.readlines()[-n:])
 
 
+@contextlib.contextmanager
+def comfyui_server(base_dir, tmp_path):
+    """A headless ComfyUI on the CPU over ``base_dir``: yields (url, process, log path); always stopped."""
+    port = _free_port()
+    log_path = str(tmp_path / "comfyui.log")
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                                 "--base-directory", str(base_dir), "--disable-auto-launch"],
+                                cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        yield f"http://127.0.0.1:{port}", proc, log_path
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        shutil.copy(log_path, os.environ["COMFYUI_E2E_LOG"]) if os.environ.get("COMFYUI_E2E_LOG") else None
+
+
 WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
@@ -155,17 +181,7 @@ def test_workflow_with_every_node_in_comfyui(tmp_path):
         names.append(f"sample{i}.png")
         image.resize((64, 64)).save(base_dir / "input" / names[-1])
 
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log_path = str(tmp_path / "comfyui.log")
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                 "--base-directory", str(base_dir), "--disable-auto-launch"],
-                                cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    try:
+    with comfyui_server(base_dir, tmp_path) as (base, proc, log_path):
         info = _wait_for_server(base, proc, log_path)
         node_info = info["ClipInterrogatorInterrogate"]
         assert node_info["output"] == ["STRING", "STRING"] and node_info["output_is_list"] == [True, True]
@@ -217,15 +233,6 @@ def test_workflow_with_every_node_in_comfyui(tmp_path):
         shorter = again["outputs"]["21"]["text"]
         assert len(shorter) == 3 and all(p.startswith(s) and p != s for p, s in zip(prompts, shorter))
         assert _tail(log_path, 1000).count("Requested to load _Holder") > loads
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        shutil.copy(log_path, os.environ["COMFYUI_E2E_LOG"]) if os.environ.get("COMFYUI_E2E_LOG") else None
 
 
 def test_comfyui_objects_convert_to_one_clip(tmp_path):
@@ -250,3 +257,111 @@ def test_comfyui_objects_convert_to_one_clip(tmp_path):
     assert report["projection_left_out"]
     assert report["no_projection_error"].startswith("clip_l of the connected CLIP has no text_projection")
     assert "the connected CLIP Vision is a SigLIP image encoder" in report["siglip_error"]
+
+
+VIT_L_PAIR = "text_encoders/clip_l.safetensors [clip_l] + clip_vision/clip_vision_vit_l.safetensors"
+
+
+def _write_vit_l(models):
+    """Random full-size ViT-L-14 weights (fp16), as users have them: ComfyUI's clip_l text encoder (with and, as an
+    SD 1.x checkpoint gives it, without text_projection) and CLIP Vision files, and the same weights as an open_clip
+    file for Load Interrogator; plus a small vocabulary (12 terms of every shipped list): a full-size text tower
+    embeds ~16 labels a second on a busy 2-core CPU."""
+    import open_clip
+    import torch
+
+    from core import Vocabulary
+    from tests.tiny_models import comfy_layout, save_tensors
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**open_clip.get_model_config("ViT-L-14"), quick_gelu=True).half()
+    save_tensors(model.state_dict(), str(models / "clip_interrogator" / "ViT-L-14-openai.safetensors"))
+    text, vision = comfy_layout(model)
+    save_tensors(text, str(models / "text_encoders" / "clip_l.safetensors"))
+    save_tensors({k: v for k, v in text.items() if k != "text_projection.weight"},
+                 str(models / "text_encoders" / "clip_l_sd15.safetensors"))
+    save_tensors(vision, str(models / "clip_vision" / "clip_vision_vit_l.safetensors"))
+    lists = [{"name": tl.name, "role": tl.role, "style": tl.style, "terms": list(tl.terms[:12])}
+             for tl in Vocabulary.builtin().lists]
+    os.makedirs(models / "clip_interrogator" / "vocabularies" / "e2e")
+    with open(models / "clip_interrogator" / "vocabularies" / "e2e" / "manifest.json", "w") as file:
+        json.dump({"lists": lists}, file)
+
+
+def _pair_graph(image, interrogator: dict, clip_file="clip_l.safetensors", analyze=False):
+    """LoadImage -> Interrogate Image (and Analyze Image), with the interrogator node given (node "40")."""
+    graph = {"10": {"class_type": "LoadImage", "inputs": {"image": image}}}
+    graph["30"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": clip_file, "type": "stable_diffusion"}}
+    graph["31"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "clip_vision_vit_l.safetensors"}}
+    options = {"caption_model": "none", "precision": "auto", "device": "auto", "vocabulary": "e2e", "artists": True,
+               "ban": ""}
+    graph["40"] = {"class_type": interrogator.pop("class_type"), "inputs": dict(options, **interrogator)}
+    graph["41"] = {"class_type": "ClipInterrogatorInterrogate", "inputs": {
+        "image": ["10", 0], "interrogator": ["40", 0], "mode": "fast", "max_flavors": 0, "caption": "a photo of"}}
+    if analyze:
+        graph["42"] = {"class_type": "ClipInterrogatorAnalyze", "inputs": {
+            "image": ["10", 0], "interrogator": ["40", 0], "top": 3}}
+    return graph
+
+
+def _cache_files(folder):
+    return {os.path.join(root, f): os.stat(os.path.join(root, f)).st_mtime_ns
+            for root, _, files in os.walk(folder) for f in files}
+
+
+def test_interrogator_from_comfyui_loaders_equals_the_open_clip_file(tmp_path):
+    """Full-size ViT-L-14 weights loaded by ComfyUI's own CLIPLoader and CLIPVisionLoader, wired into Interrogator
+    from ComfyUI Models -> Interrogate Image, give the prompts of the same weights as an open_clip file through Load
+    Interrogator, and of the file pair Load Interrogator lists; an SD 1.x-style clip_l is a one-line node error."""
+    from tests.tiny_models import sample_images
+
+    base_dir = tmp_path / "comfy"
+    models = base_dir / "models"
+    for folder in ("custom_nodes", "input", "models/clip_interrogator", "models/text_encoders", "models/clip_vision"):
+        os.makedirs(base_dir / folder)
+    _write_vit_l(models)
+    os.symlink(ROOT, base_dir / "custom_nodes" / "comfyui-clip-interrogator-nodes")
+    image = "shapes.png"
+    sample_images()[2].save(base_dir / "input" / image)
+    pair_node = {"class_type": "ClipInterrogatorFromComfyModels", "clip": ["30", 0], "clip_vision": ["31", 0],
+                 "text_encoder": "auto"}
+    unload = {"1": {"class_type": "ClipInterrogatorUnload", "inputs": {"free_ram": True}}}
+
+    with comfyui_server(base_dir, tmp_path) as (base, proc, log_path):
+        def run(graph):
+            queued = _request(f"{base}/prompt", {"prompt": graph, "client_id": "e2e-pair"})
+            return _wait_for_history(base, queued["prompt_id"], proc, log_path)
+
+        _wait_for_server(base, proc, log_path)
+        choices = _request(f"{base}/object_info/ClipInterrogatorLoad")["ClipInterrogatorLoad"]["input"]["required"][
+            "clip_model"][0]
+        assert [c for c in choices if "clip_vision/" in c] == [VIT_L_PAIR]  # not the SD 1.x-style clip_l
+        cache = models / "clip_interrogator" / "cache"
+
+        from_loaders = run(_pair_graph(image, dict(pair_node), analyze=True))
+        assert from_loaders["status"]["status_str"] == "success", json.dumps(from_loaders["status"], indent=1)
+        prompts = from_loaders["outputs"]["41"]["text"]
+        assert len(prompts) == 1 and prompts[0].startswith("a photo of, ") and prompts[0].count(", ") > 8
+        analysis = from_loaders["outputs"]["42"]["text"]
+        assert analysis[0].startswith("CLIP: ViT-L-14: clip_l of clip_l.safetensors + clip_vision_vit_l.safetensors "
+                                      "(float32 on cpu)\n"), analysis[0]
+        assert run(unload)["status"]["status_str"] == "success"
+        embedded = _cache_files(cache)
+
+        open_clip_file = run(_pair_graph(image, {"class_type": "ClipInterrogatorLoad",
+                                                 "clip_model": "ViT-L-14/openai"}))
+        assert open_clip_file["outputs"]["41"]["text"] == prompts, json.dumps(open_clip_file["status"], indent=1)
+        assert run(unload)["status"]["status_str"] == "success"
+
+        files = _cache_files(cache)
+        file_pair = run(_pair_graph(image, {"class_type": "ClipInterrogatorLoad", "clip_model": VIT_L_PAIR}))
+        assert file_pair["outputs"]["41"]["text"] == prompts, json.dumps(file_pair["status"], indent=1)
+        assert _cache_files(cache) == files != embedded  # the same text encoder: its label cache is reused
+
+        bad = run(_pair_graph(image, dict(pair_node), clip_file="clip_l_sd15.safetensors"))
+        errors = [m[1] for m in bad["status"]["messages"] if m[0] == "execution_error"]
+        assert bad["status"]["status_str"] == "error" and errors, json.dumps(bad["status"], indent=1)
+        assert errors[0]["node_type"] == "ClipInterrogatorFromComfyModels"
+        message = errors[0]["exception_message"].strip()
+        assert message.startswith("CLIP Interrogator: clip_l of clip_l_sd15.safetensors has no text_projection")
+        assert "clip_l.safetensors" in message.splitlines()[0]

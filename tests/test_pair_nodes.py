@@ -7,13 +7,14 @@ import gc
 import json
 import os
 import shutil
+import sys
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.test_nodes import batch, comfy, interrogate, load, node  # noqa: F401  (fixtures)
+from tests.test_nodes import PACK, batch, comfy, import_pack, interrogate, load, node  # noqa: F401  (fixtures)
 from tests.tiny_models import TINY_CLIP_CONFIG, comfy_layout, save_tensors, tiny_tower_configs
 
 CAPTION = "a house by a lake"
@@ -191,6 +192,58 @@ def test_sdxl_clip_pairs_its_clip_g_with_bigg_vision(comfy, full_size):
     handle = from_comfy(comfy, fake_clip(clip_l=m["clip_l_sd15"], clip_g=m["clip_g"]), fake_clip_vision(m["vit_g"]))
     assert handle.clip.arch == "ViT-bigG-14" and handle.clip.text_name == "clip_g" and not handle.clip.notes
     assert len(comfy.runtime_module.runtime().cache) == 0
+
+
+# -- where ComfyUI's models came from -------------------------------------------------------------------------------
+def test_files_are_read_off_the_prompt_graph():
+    import_pack()
+    graph = sys.modules[f"{PACK}.nodes.comfy_graph"]
+    files = {("checkpoints", "sd_xl_base_1.0.safetensors"): "/m/ckpt/sd_xl_base_1.0.safetensors",
+             ("clip_vision", "vit_g.safetensors"): "/m/clip_vision/vit_g.safetensors"}
+    find = lambda folder, name: files.get((folder, name))
+    prompt = {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+              "5": {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": "x"}},
+              "6": {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["5", 1], "stop_at_clip_layer": -2}},
+              "7": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "vit_g.safetensors"}},
+              "8": {"class_type": "SomeCustomLoader", "inputs": {"path": "x"}},
+              "9": {"class_type": "Loop", "inputs": {"clip": ["9", 0]}},
+              "20": {"class_type": "ClipInterrogatorFromComfyModels", "inputs": {"clip": ["6", 0],
+                                                                                 "clip_vision": ["7", 0]}},
+              "21": {"class_type": "ClipInterrogatorFromComfyModels", "inputs": {"clip": ["8", 0],
+                                                                                 "clip_vision": ["9", 0]}}}
+    assert graph.input_files(prompt, "20", "clip", find) == ("/m/ckpt/sd_xl_base_1.0.safetensors",)
+    assert graph.input_files(prompt, 20, "clip_vision", find) == ("/m/clip_vision/vit_g.safetensors",)
+    assert graph.input_files(prompt, "21", "clip", find) == ()  # a loader it does not know
+    assert graph.input_files(prompt, "21", "clip_vision", find) == ()  # a cycle ends after MAX_HOPS
+    assert graph.input_files(None, "20", "clip", find) == () and graph.input_files(prompt, "99", "clip", find) == ()
+    prompt["7"]["inputs"]["clip_name"] = "gone.safetensors"
+    assert graph.input_files(prompt, "20", "clip_vision", find) == ()
+
+
+def test_file_headers_decide_which_projection_is_real(comfy, host_models, tiny_comfy_models):
+    """In a ComfyUI run the CLIP's tensors are inference tensors (no version counters): the graph names the file,
+    and its header says the projection is missing, however plausible the memory ComfyUI left there looks."""
+    text, vision = tiny_comfy_models
+    with torch.inference_mode():
+        loaded = copy.deepcopy(text)
+    assert loaded.text_projection.weight.is_inference()
+    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15-like.safetensors"}},
+              "2": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "tiny_vision.safetensors"}},
+              "3": {"class_type": "ClipInterrogatorFromComfyModels", "inputs": {"clip": ["1", 1],
+                                                                                "clip_vision": ["2", 0]}}}
+    make = node(comfy, "ClipInterrogatorFromComfyModels").load
+    args = ("auto", "none", "auto", "auto")
+    with pytest.raises(RuntimeError, match="clip_l of sd15-like.safetensors has no text_projection"):
+        make(fake_clip(clip_l=loaded), fake_clip_vision(vision, image_size=64), *args, prompt=prompt, unique_id="3")
+    prompt["1"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": "tiny_te.safetensors", "type": "x"}}
+    handle = make(fake_clip(clip_l=loaded), fake_clip_vision(vision, image_size=64), *args, prompt=prompt,
+                  unique_id="3")[0]
+    assert handle.clip.description.endswith(": clip_l of tiny_te.safetensors + tiny_vision.safetensors")
+    # no graph (a custom loader): the values decide; never-written memory is zeros or leftovers
+    with torch.inference_mode():
+        loaded.text_projection.weight.zero_()
+    with pytest.raises(RuntimeError, match="clip_l of the connected CLIP has no text_projection"):
+        make(fake_clip(clip_l=loaded), fake_clip_vision(vision, image_size=64), *args)
 
 
 # -- file pairs in Load Interrogator -------------------------------------------------------------------------------
