@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.clip_layout import LAYOUTS, Stacked, Transposed  # noqa: E402
+from core.clip_layout import LAYOUTS, Transposed  # noqa: E402
 from core.clip_pair import load_pair, pair_from_sources, text_key  # noqa: E402
 from core.tensors import MemoryTensors  # noqa: E402
 

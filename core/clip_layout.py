@@ -61,7 +61,7 @@ class Layout:
 
     def block_key(self, i: int) -> str:
         """A key block ``i`` has (its first layer norm): counts the layers."""
-        return _first_key(_prefixed(self.block[0][1], self.block_prefix.format(i=i)))
+        return first_key(_prefixed(self.block[0][1], self.block_prefix.format(i=i)))
 
 
 def _prefixed(origin: Origin, prefix: str) -> Origin:
@@ -72,7 +72,7 @@ def _prefixed(origin: Origin, prefix: str) -> Origin:
     return Stacked(tuple(prefix + k for k in origin.keys))
 
 
-def _first_key(origin: Origin) -> str:
+def first_key(origin: Origin) -> str:
     return origin if isinstance(origin, str) else origin.key if isinstance(origin, Transposed) else origin.keys[0]
 
 
@@ -144,7 +144,7 @@ class TowerRef:
         return (sum(s[0] for s in shapes), *shapes[0][1:])
 
     def dtype(self, origin: Origin) -> torch.dtype:
-        return self.source.dtype(self.root + _first_key(origin))
+        return self.source.dtype(self.root + first_key(origin))
 
     def layers(self) -> int:
         count = 0

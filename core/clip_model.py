@@ -10,6 +10,7 @@ import torch
 
 from .errors import ModelLoadError, ModelNotFoundError
 from .parallel import single_pass
+from .tensors import safetensors_file, sidecar_json
 
 PRESETS = {
     "ViT-L-14/openai": "Stable Diffusion 1.x",
@@ -153,20 +154,15 @@ def _load_pretrained(name: str, local: Optional[str], device, dtype) -> ClipMode
 def _load_file(path: str, name: Optional[str], config: Optional[str], device, dtype) -> ClipModel:
     import open_clip
 
-    if not os.path.isfile(path):
-        raise ModelNotFoundError(f"CLIP weights file not found: {path}")
-    if not path.endswith(".safetensors"):
-        raise ModelLoadError(f"{path}: only .safetensors CLIP weights are loaded (pickled checkpoints can run code); "
-                             f"convert it with safetensors first.")
-    sidecar = os.path.splitext(path)[0] + ".json"
-    config = config or (sidecar if os.path.isfile(sidecar) else None)
+    safetensors_file(path, "CLIP weights")
+    config = config or sidecar_json(path)
     label = os.path.basename(path)
     if config:
         return _load_custom(path, config, label, device, dtype)
     arch, tag = split_name(name) if name else _arch_for_file(path)
     if not arch:
         raise ModelLoadError(f"cannot tell the architecture of {path}: name it like ViT-L-14-openai.safetensors, "
-                             f"put a model config at {sidecar}, or pass the architecture name.")
+                             f"put a model config at {os.path.splitext(path)[0]}.json, or pass the architecture name.")
     tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .clip_layout import Origin, TowerRef, Transposed, find_towers, other_vision_family
+from .clip_layout import Origin, TowerRef, Transposed, find_towers, first_key, other_vision_family
 from .clip_model import _PRECISION, ClipModel
 from .errors import ModelLoadError
 from .progress import ProgressHook, Steps
@@ -39,11 +39,15 @@ class KnownClip:
     activation: str
     connect: str  # which text encoder to connect for this CLIP Vision
 
+    def sizes(self, kind: str) -> tuple:
+        """(width, layers, heads ...) of the text or vision tower."""
+        return self.text if kind == "text" else self.vision
+
 
 KNOWN = (
     KnownClip("ViT-L-14", "openai", "OpenAI", "clip_l", (768, 12, 12), (1024, 24, 16, 14, 224), 768, "quick_gelu",
-              "a clip_l text encoder that keeps text_projection (ComfyUI's clip_l.safetensors in "
-              "models/text_encoders, or openai/clip-vit-large-patch14's model.safetensors)"),
+              "a clip_l text encoder that keeps text_projection (a clip_l.safetensors exported with it, or "
+              "openai/clip-vit-large-patch14's model.safetensors, in models/text_encoders via Load CLIP)"),
     KnownClip("ViT-L-14-336", "openai", "OpenAI", None, (768, 12, 12), (1024, 24, 16, 14, 336), 768, "quick_gelu",
               "the text tower of openai/clip-vit-large-patch14-336 (its model.safetensors)"),
     KnownClip("ViT-H-14", "laion2b_s32b_b79k", "LAION-2B", "clip_h", (1024, 24, 16), (1280, 32, 16, 14, 224), 1024,
@@ -138,50 +142,57 @@ def vision_tower(source) -> Tower:
 
 def describe(ref: TowerRef) -> Tower:
     """Sizes from shapes; heads, activation and image size from the source's config, else from the known CLIPs."""
-    source, layout = ref.source, ref.layout
-    config = _tower_config(getattr(source, "config", {}) or {}, ref.kind)
-    fixed = dict(layout.fixed)
-    for key, origin in fixed.items():
+    config = _tower_config(getattr(ref.source, "config", {}) or {}, ref.kind)
+    for origin in dict(ref.layout.fixed).values():
         if not ref.has(origin):
-            raise ModelLoadError(f"{source.label}: its {ref.kind} tower lacks {ref.key(_name(origin))}; the file is "
-                                 f"incomplete or not a CLIP {ref.kind} encoder.")
+            raise ModelLoadError(f"{ref.source.label}: its {ref.kind} tower lacks {ref.key(first_key(origin))}; the "
+                                 f"file is incomplete or not a CLIP {ref.kind} encoder.")
     layers = ref.layers()
-    mlp_width = ref.shape(layout.origins(1, None)[f"{layout.open_clip_prefix}transformer.resblocks.0.mlp.c_fc.weight"])[0]
+    width, known, sizes = (_text_sizes if ref.kind == "text" else _vision_sizes)(ref, layers, config)
+    if ref.kind == "text":
+        name = config.get("name") or (known.text_name if known else "text encoder")
+        label = f"{name} of {ref.source.label}"
+    else:
+        name, label = config.get("name") or "CLIP Vision", ref.source.label
+    heads = int(config.get("num_attention_heads") or (known.sizes(ref.kind)[2] if known else 0))
+    activation = config.get("hidden_act") or (known.activation if known else None)
+    _check_computation(ref.kind, f"{label} ({width} wide, {layers} layers)", width, heads, activation, config)
+    fc = ref.layout.origins(1, None)[f"{ref.layout.open_clip_prefix}transformer.resblocks.0.mlp.c_fc.weight"]
     projection = ref.projection()
     embed_dim = ref.shape(projection)[1] if projection is not None else None
-    if ref.kind == "text":
-        vocab_size, width = ref.shape(fixed["token_embedding.weight"])
-        context_length = ref.shape(fixed["positional_embedding"])[0]
-        known = next((k for k in KNOWN if k.text[:2] == (width, layers) and k.text_name), None)
-        name = config.get("name") or (known.text_name if known else "text encoder")
-        sizes = dict(vocab_size=vocab_size, context_length=context_length)
-        default_heads = known.text[2] if known else None
-        label = f"{name} of {source.label}"
-    else:
-        width, channels, patch, patch_w = ref.shape(fixed["conv1.weight"])
-        positions = ref.shape(fixed["positional_embedding"])[0]
-        grid = math.isqrt(max(positions - 1, 0))
-        if channels != 3 or patch != patch_w or grid * grid != positions - 1:
-            raise ModelLoadError(f"{source.label}: a vision tower with {channels}-channel {patch}x{patch_w} patches "
-                                 f"and {positions} positions is not a CLIP ViT this pack can load.")
-        image_size = int(config.get("image_size") or grid * patch)
-        if image_size != grid * patch:
-            raise ModelLoadError(f"{source.label}: config image_size {image_size} does not match its "
-                                 f"{positions - 1} patches of {patch} px.")
-        known = next((k for k in KNOWN if (k.vision[:2], k.vision[3:]) == ((width, layers), (patch, image_size))),
-                     None)
-        name = config.get("name") or "CLIP Vision"
-        sizes = dict(patch_size=patch, image_size=image_size,
-                     mean=tuple(config.get("image_mean") or OPENAI_MEAN), std=tuple(config.get("image_std") or OPENAI_STD))
-        default_heads = known.vision[2] if known else None
-        label = source.label
-    heads = int(config.get("num_attention_heads") or default_heads or 0)
-    activation = config.get("hidden_act") or (known.activation if known else None)
-    where = f"{label} ({width} wide, {layers} layers)"
+    return Tower(ref, name, label, width, layers, heads, ref.shape(fc)[0], activation, embed_dim, known, **sizes)
+
+
+def _text_sizes(ref: TowerRef, layers: int, config: dict):
+    fixed = dict(ref.layout.fixed)
+    vocab_size, width = ref.shape(fixed["token_embedding.weight"])
+    known = next((k for k in KNOWN if k.text[:2] == (width, layers) and k.text_name), None)
+    return width, known, dict(vocab_size=vocab_size, context_length=ref.shape(fixed["positional_embedding"])[0])
+
+
+def _vision_sizes(ref: TowerRef, layers: int, config: dict):
+    fixed = dict(ref.layout.fixed)
+    width, channels, patch, patch_w = ref.shape(fixed["conv1.weight"])
+    positions = ref.shape(fixed["positional_embedding"])[0]
+    grid = math.isqrt(max(positions - 1, 0))
+    if channels != 3 or patch != patch_w or grid * grid != positions - 1:
+        raise ModelLoadError(f"{ref.source.label}: a vision tower with {channels}-channel {patch}x{patch_w} patches "
+                             f"and {positions} positions is not a CLIP ViT this pack can load.")
+    image_size = int(config.get("image_size") or grid * patch)
+    if image_size != grid * patch:
+        raise ModelLoadError(f"{ref.source.label}: config image_size {image_size} does not match its "
+                             f"{positions - 1} patches of {patch} px.")
+    known = next((k for k in KNOWN if k.vision[:2] == (width, layers) and k.vision[3:] == (patch, image_size)), None)
+    return width, known, dict(patch_size=patch, image_size=image_size, mean=tuple(config.get("image_mean") or
+                                                                                  OPENAI_MEAN),
+                              std=tuple(config.get("image_std") or OPENAI_STD))
+
+
+def _check_computation(kind: str, where: str, width: int, heads: int, activation: Optional[str], config: dict):
+    """What the tensors cannot tell must come from a config or the known CLIPs, and be what open_clip computes."""
     if not heads or width % heads:
-        same_width = [k for k in KNOWN if (k.text if ref.kind == "text" else k.vision)[0] == width]
-        pruned = "".join(f"; {k.arch} has {(k.text if ref.kind == 'text' else k.vision)[1]} (a pruned file?)"
-                         for k in same_width[:1])
+        same_width = [k for k in KNOWN if k.sizes(kind)[0] == width][:1]
+        pruned = "".join(f"; {k.arch} has {k.sizes(kind)[1]} (a pruned file?)" for k in same_width)
         raise ModelLoadError(f"{where} is not a CLIP size this pack knows{pruned}, and no config gives its attention "
                              f"heads: use the complete file, or put its Hugging Face config.json beside it.")
     if activation not in ACTIVATIONS:
@@ -190,7 +201,6 @@ def describe(ref: TowerRef) -> Tower:
     eps = config.get("layer_norm_eps", 1e-5)
     if abs(float(eps) - 1e-5) > 1e-12:
         raise ModelLoadError(f"{where} uses layer_norm_eps {eps}; open_clip's CLIP uses 1e-5.")
-    return Tower(ref, name, label, width, layers, heads, mlp_width, activation, embed_dim, known, **sizes)
 
 
 def _tower_config(config: dict, kind: str) -> dict:
@@ -203,10 +213,6 @@ def _tower_config(config: dict, kind: str) -> dict:
         raise ModelLoadError("a SigLIP image encoder is not CLIP: connect a CLIP Vision file of ViT-L-14, ViT-H-14 or "
                              "ViT-bigG-14 (models/clip_vision) instead.")
     return config if model_type in ("", f"clip_{kind}_model") else {}
-
-
-def _name(origin: Origin) -> str:
-    return origin if isinstance(origin, str) else origin.key if isinstance(origin, Transposed) else origin.keys[0]
 
 
 def _mlp_ratio(width: int, hidden: int) -> float:
@@ -354,10 +360,10 @@ def _check_shapes(pair: Pair, origins: Dict[str, Origin], wanted: Dict[str, torc
     for key, origin in origins.items():
         tower = pair.text if not key.startswith("visual.") else pair.vision
         if not tower.ref.has(origin):
-            raise ModelLoadError(f"{tower.label} lacks {tower.ref.key(_name(origin))}: the file is incomplete "
+            raise ModelLoadError(f"{tower.label} lacks {tower.ref.key(first_key(origin))}: the file is incomplete "
                                  f"(e.g. a pruned checkpoint); use a complete text encoder or CLIP Vision file.")
         if tuple(tower.ref.shape(origin)) != tuple(wanted[key].shape):
-            raise ModelLoadError(f"{tower.label}: {tower.ref.key(_name(origin))} has shape "
+            raise ModelLoadError(f"{tower.label}: {tower.ref.key(first_key(origin))} has shape "
                                  f"{tuple(tower.ref.shape(origin))}, expected {tuple(wanted[key].shape)}: "
                                  f"not a standard CLIP {tower.kind} tower.")
 

@@ -122,13 +122,24 @@ def _locate(path: str) -> Tuple[Tuple[str, ...], dict]:
         if os.path.isfile(single):
             return (single,), config
         raise ModelNotFoundError(f"{path} holds no model.safetensors (only .safetensors weights are loaded).")
+    sidecar = sidecar_json(safetensors_file(path))
+    return (path,), (_read_json(sidecar) if sidecar else {})
+
+
+def safetensors_file(path: str, what: str = "model") -> str:
+    """``path``, when it is a .safetensors file; else the error that says what to do."""
     if not os.path.isfile(path):
-        raise ModelNotFoundError(f"model file not found: {path}")
+        raise ModelNotFoundError(f"{what} file not found: {path}")
     if not path.endswith(".safetensors"):
-        raise ModelLoadError(f"{path}: only .safetensors weights are loaded (pickled checkpoints can run code); "
+        raise ModelLoadError(f"{path}: only .safetensors {what} files are loaded (pickled checkpoints can run code); "
                              f"convert it with safetensors first.")
+    return path
+
+
+def sidecar_json(path: str) -> Optional[str]:
+    """The ``<name>.json`` beside ``<name>.safetensors`` (a config), if there is one."""
     sidecar = os.path.splitext(path)[0] + ".json"
-    return (path,), (_read_json(sidecar) if os.path.isfile(sidecar) else {})
+    return sidecar if os.path.isfile(sidecar) else None
 
 
 def _read_json(path: str) -> dict:

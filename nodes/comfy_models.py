@@ -13,7 +13,7 @@ have none), from the headers of the files the graph says the models came from, a
 import os
 import uuid
 import weakref
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F

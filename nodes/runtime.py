@@ -17,7 +17,7 @@ from .comfy_models import ComfyPair
 from .display import Analysis
 from .environment import current_environment
 from .model_cache import ModelCache, Resident
-from .model_files import VOCABULARIES, FilePair, ModelFiles
+from .model_files import FilePair, ModelFiles
 
 PRECISIONS = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DEVICES = ("auto", "cpu")

@@ -10,8 +10,7 @@ from core import MODES, Interrogator, ModelLoadError, Settings, Vocabulary, load
 from core.clip_pair import load_clip_pair, load_pair, pair_from_sources
 from core.tensors import MemoryTensors, SafetensorsFiles
 from core.text_encoder import TextEncoder
-from tests.tiny_models import (TINY_CLIP_CONFIG, comfy_layout, save_tensors, tiny_tower_configs, write_hf_clip,
-                               write_tiny_clip)
+from tests.tiny_models import comfy_layout, save_tensors, tiny_tower_configs, write_hf_clip, write_tiny_clip
 
 TEXTS = ["a photo of a cat", "an oil painting of a city at night, trending on artstation", "", "by greg rutkowski"]
 TOLERANCE = dict(atol=1e-5, rtol=1e-4)  # fp32 on the CPU: both sides run the same math in a different order
