@@ -78,7 +78,7 @@ def engines(round_trip):
     fraction of the work."""
     vocab = Vocabulary.builtin()
     vocab = Vocabulary(tuple(replace(tl, terms=tl.terms[:200]) for tl in vocab.lists), source=vocab.source)
-    return tuple(Interrogator(clip, None, vocab, settings=Settings(flavor_intermediate_count=256))
+    return tuple(Interrogator(clip, None, vocab, settings=Settings(flavor_intermediate_count=128))
                  for clip in round_trip)
 
 
