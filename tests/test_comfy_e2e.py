@@ -319,7 +319,17 @@ def test_interrogator_from_comfyui_loaders_equals_the_open_clip_file(tmp_path):
     models = base_dir / "models"
     for folder in ("custom_nodes", "input", "models/clip_interrogator", "models/text_encoders", "models/clip_vision"):
         os.makedirs(base_dir / folder)
-    _write_vit_l(models)
+    try:
+        _write_vit_l(models)
+        _run_pair_workflows(base_dir, tmp_path)
+    finally:
+        shutil.rmtree(models)  # ~2 GB of weights: not kept for pytest's last three runs
+
+
+def _run_pair_workflows(base_dir, tmp_path):
+    from tests.tiny_models import sample_images
+
+    models = base_dir / "models"
     os.symlink(ROOT, base_dir / "custom_nodes" / "comfyui-clip-interrogator-nodes")
     image = "shapes.png"
     sample_images()[2].save(base_dir / "input" / image)
