@@ -149,3 +149,22 @@ def write_tiny_llava(folder: str, seed: int = 0) -> str:
     LlavaForConditionalGeneration(config).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def write_tiny_t5_tokenizer(folder: str, words=()) -> str:
+    """A T5-style sentencepiece (unigram) tokenizer.json: "▁word" pieces for some words, single characters for
+    everything else, and the end token T5 appends, laid out as ComfyUI's comfy/text_encoders/t5_tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    os.makedirs(folder, exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'-()&/"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(f"▁{w}", -1.0) for w in dict.fromkeys(words or CAPTION_WORDS)]
+    pieces += [(c, -5.0) for c in letters] + [(f"▁{c}", -4.0) for c in letters]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tokenizer.normalizer = normalizers.Strip(left=False, right=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer.save(os.path.join(folder, "tokenizer.json"))
+    return folder
