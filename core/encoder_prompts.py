@@ -129,6 +129,7 @@ class PromptParts:
     head: str  # the caption part of the CLIP prompt (shortened to leave room for terms)
     terms: Tuple[str, ...]  # the ranked terms, best first
     negative: Tuple[str, ...] = ()  # the negative-mode terms, when the target has a negative output
+    prompt: str = ""  # the mode's prompt these parts were split from
 
 
 def write(target: Target, parts: PromptParts, counters: Dict[str, object],

@@ -118,7 +118,7 @@ class Interrogator:
         parts = []
         for prompt, caption in self._interrogate(images, mode, captions, max_terms, captioner, progress):
             head, terms = split_prompt(prompt, self._clip_caption(caption))
-            parts.append(PromptParts(caption, head, terms))
+            parts.append(PromptParts(caption, head, terms, prompt=prompt))
         return parts
 
     def _clip_caption(self, caption: str) -> str:

@@ -115,6 +115,16 @@ class ComfyEnvironment:
     def check_interrupt(self) -> None:
         self.mm.throw_exception_if_processing_interrupted()
 
+    # -- tokenizers ------------------------------------------------------------------------------------------------
+    def t5_tokenizer_folder(self) -> Optional[str]:
+        """The T5 tokenizer ComfyUI's own T5-XXL encoders use (comfy/text_encoders/t5_tokenizer), read in place."""
+        import comfy
+
+        if not getattr(comfy, "__file__", None):
+            return None
+        folder = os.path.join(os.path.dirname(os.path.realpath(comfy.__file__)), "text_encoders", "t5_tokenizer")
+        return folder if os.path.isfile(os.path.join(folder, "tokenizer.json")) else None
+
 
 def register_folder() -> None:
     """Register ``models/clip_interrogator`` with folder_paths, keeping paths extra_model_paths.yaml added."""

@@ -149,7 +149,7 @@ def test_long_captions_leave_room_for_terms_in_the_engine(clip, images, tmp_path
         parts = engine.prompt_parts(images[0], mode, captions=caption, max_terms=8)[0]
         assert parts.caption == caption and caption.startswith(parts.head)
         assert engine.encoder.token_count(parts.head) <= Settings().caption_tokens and len(parts.terms) >= 3
-        assert engine.interrogate(images[0], mode, captions=caption, max_terms=8)[0] == \
+        assert engine.interrogate(images[0], mode, captions=caption, max_terms=8)[0] == parts.prompt == \
             ", ".join([parts.head, *parts.terms])
     reference = Interrogator(clip, None, Vocabulary.builtin(), cache_dir=str(tmp_path / "c"),
                              settings=Settings.reference())
