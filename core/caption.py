@@ -83,7 +83,8 @@ def _chat(processor, images, options: CaptionOptions):
     instruction = options.instruction.strip() or INSTRUCTIONS[options.detail]
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    images = [[_bounded(image)] for image in images]  # one image per conversation
+    # a flat list, one image per prompt: what every processor takes, old (4.46) and new
+    images = [_bounded(image) for image in images]
     return processor(images=images, text=[prompt] * len(images), return_tensors="pt", padding=True)
 
 

@@ -86,7 +86,10 @@ def _word_tokenizer(words, special, **named):
     vocab = {token: i for i, token in enumerate(dict.fromkeys([*special, *words]))}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", **named)
+    tokenizer.add_special_tokens(list(special))  # never split, on every transformers version
+    # like the Llama and BART tokenizers of real checkpoints: no token_type_ids
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>",
+                                   model_input_names=["input_ids", "attention_mask"], **named)
 
 
 def write_tiny_florence2(folder: str, seed: int = 3) -> str:
@@ -143,7 +146,8 @@ def write_tiny_llava(folder: str, seed: int = 0) -> str:
                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                          max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
                          initializer_range=0.5),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=16,
+        vision_feature_select_strategy="default",
         vision_feature_layer=-1)
     torch.manual_seed(seed)
     LlavaForConditionalGeneration(config).save_pretrained(folder)
