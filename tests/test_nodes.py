@@ -498,7 +498,8 @@ def _widget_names(cls):
     return names
 
 
-@pytest.mark.parametrize("filename", ["sd15_image_to_prompt.json", "sdxl_image_to_prompt.json"])
+@pytest.mark.parametrize("filename", ["sd15_image_to_prompt.json", "sdxl_image_to_prompt.json",
+                                      "flux_image_to_prompt.json"])
 def test_example_workflows_are_consistent(comfy, filename):
     with open(os.path.join(ROOT, "example_workflows", filename)) as file:
         workflow = json.load(file)
@@ -512,22 +513,33 @@ def test_example_workflows_are_consistent(comfy, filename):
     for n in ours:
         cls = comfy.pack.NODE_CLASS_MAPPINGS[n["type"]]
         assert len(n["widgets_values"]) == len(_widget_names(cls)), n["type"]
+        assert [o["name"] for o in n["outputs"]] == list(cls.RETURN_NAMES), n["type"]
     loader = next(n for n in ours if n["type"] == "ClipInterrogatorLoad")
-    expected_clip = "ViT-L-14/openai" if "sd15" in filename else "ViT-bigG-14/laion2b_s39b_b160k"
+    expected_clip = "ViT-bigG-14/laion2b_s39b_b160k" if "sdxl" in filename else "ViT-L-14/openai"
     assert loader["widgets_values"][0] == expected_clip
-    targets = {(nodes[dst]["type"], nodes[dst]["inputs"][slot]["name"])
-               for _, src, _, dst, slot, _ in workflow["links"] if nodes[src]["type"].startswith("ClipInterrogator")
-               and nodes[src]["outputs"][0]["type"] == "STRING"}
+    # (node, output) -> (encoder node, input) of every prompt link
+    wired = {(nodes[src]["type"], nodes[src]["outputs"][slot]["name"], nodes[dst]["type"], nodes[dst]["inputs"][i]["name"])
+             for _, src, slot, dst, i, kind in workflow["links"] if kind == "STRING"}
     if "sd15" in filename:
-        assert ("CLIPTextEncode", "text") in targets
+        assert ("ClipInterrogatorInterrogate", "prompt", "CLIPTextEncode", "text") in wired
         assert {"CheckpointLoaderSimple", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage",
                 "LoadImage"} <= {n["type"] for n in nodes.values()}
-    else:
-        assert targets == {("CLIPTextEncodeSDXL", "text_g"), ("CLIPTextEncodeSDXL", "text_l")}
-        negative = next(n for n in ours if n["type"] == "ClipInterrogatorNegativePrompt")
+    elif "sdxl" in filename:
+        node_type = "ClipInterrogatorPromptsSDXL"
+        assert wired == {(node_type, "text_g", "CLIPTextEncodeSDXL", "text_g"),
+                         (node_type, "text_l", "CLIPTextEncodeSDXL", "text_l"),
+                         (node_type, "negative", "CLIPTextEncodeSDXL", "text_g"),
+                         (node_type, "negative", "CLIPTextEncodeSDXL", "text_l")}
         sampler = next(n for n in nodes.values() if n["type"] == "KSampler")
         negative_encoder = [l[1] for l in workflow["links"] if l[3] == sampler["id"] and l[4] == 2][0]
-        assert {l[1] for l in workflow["links"] if l[3] == negative_encoder and l[5] == "STRING"} == {negative["id"]}
+        assert {nodes[l[1]]["outputs"][l[2]]["name"] for l in workflow["links"] if l[3] == negative_encoder
+                and l[5] == "STRING"} == {"negative"}
+    else:
+        node_type = "ClipInterrogatorPromptsFlux"
+        assert wired == {(node_type, "clip_l", "CLIPTextEncodeFlux", "clip_l"),
+                         (node_type, "t5xxl", "CLIPTextEncodeFlux", "t5xxl")}
+        clip_loader = next(n for n in nodes.values() if n["type"] == "DualCLIPLoader")
+        assert clip_loader["widgets_values"][2] == "flux"
 
 
 # -- caption model families and prompts per text encoder (issue 10) --------------------------------------------------
