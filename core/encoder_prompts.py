@@ -56,6 +56,9 @@ class Target:
 # text, so longer text reaches the encoder, but past what these models learned to read.
 T5_TOKENS = 256
 
+T5_SENTENCE = Output("t5xxl", "t5", T5_TOKENS, "sentence", "T5-XXL text: the whole caption, then the terms as a "
+                                                         "sentence.")
+
 TARGETS: Dict[str, Target] = {t.name: t for t in (
     Target("sdxl", "SDXL", (
         Output("text_g", "clip", CLIP_CONTEXT, "prompt", "CLIP-G (OpenCLIP bigG) text: caption + terms."),
@@ -66,13 +69,11 @@ TARGETS: Dict[str, Target] = {t.name: t for t in (
     Target("sd3", "SD3", (
         Output("clip_l", "clip", CLIP_CONTEXT, "prompt", "CLIP-L text: caption + terms."),
         Output("clip_g", "clip", CLIP_CONTEXT, "prompt", "CLIP-G text: caption + terms."),
-        Output("t5xxl", "t5", T5_TOKENS, "sentence", "T5-XXL text: the whole caption, then the terms as a "
-                                                     "sentence."),
+        T5_SENTENCE,
     ), "CLIPTextEncodeSD3"),
     Target("flux", "Flux", (
         Output("clip_l", "clip", CLIP_CONTEXT, "terms", "CLIP-L text: the CLIP-ranked terms."),
-        Output("t5xxl", "t5", T5_TOKENS, "sentence", "T5-XXL text: the whole caption, then the terms as a "
-                                                     "sentence."),
+        T5_SENTENCE,
     ), "CLIPTextEncodeFlux"),
 )}
 

@@ -120,10 +120,14 @@ class ComfyEnvironment:
         """The T5 tokenizer ComfyUI's own T5-XXL encoders use (comfy/text_encoders/t5_tokenizer), read in place."""
         import comfy
 
-        if not getattr(comfy, "__file__", None):
-            return None
-        folder = os.path.join(os.path.dirname(os.path.realpath(comfy.__file__)), "text_encoders", "t5_tokenizer")
-        return folder if os.path.isfile(os.path.join(folder, "tokenizer.json")) else None
+        # comfy is a namespace package in ComfyUI (no __init__.py): its folder is on __path__
+        roots = list(getattr(comfy, "__path__", None) or [])
+        roots += [os.path.dirname(comfy.__file__)] if getattr(comfy, "__file__", None) else []
+        for root in roots:
+            folder = os.path.join(root, "text_encoders", "t5_tokenizer")
+            if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+                return folder
+        return None
 
 
 def register_folder() -> None:

@@ -164,3 +164,36 @@ def test_unknown_target_and_content_are_clear_errors():
     with pytest.raises(InterrogatorError, match="unknown content"):
         write(get_target("flux"), PromptParts("a", "a", ("b",)), {"clip": clip_counter(), "t5": CharBound()},
               {"clip_l": "poem"})
+
+
+def test_cli_writes_a_prompt_per_encoder_with_a_florence2_caption(models_dir, images, tmp_path):
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    from tests.tiny_models import write_tiny_florence2
+
+    write_tiny_florence2(str(tmp_path / "models" / "Florence-2-base"))
+    for i, image in enumerate(images[:2]):
+        image.save(tmp_path / f"img{i}.png")
+    t5 = write_tiny_t5_tokenizer(str(tmp_path / "t5"))
+    out = tmp_path / "prompts.csv"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-m", "core", "interrogate", str(tmp_path / "img0.png"), str(tmp_path / "img1.png"),
+         "--clip-weights", os.path.join(models_dir, "tiny-clip.safetensors"), "--models-dir", str(tmp_path / "models"),
+         "--caption-model", "florence-2-base", "--caption-detail", "more detailed", "--caption-max-tokens", "8",
+         "--mode", "fast", "--target", "flux", "--t5-tokenizer", t5, "--out", str(out), "--quiet"],
+        cwd=root, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [set(r) for r in rows] == [{"image", "clip_l", "t5xxl"}] * 2
+    counter = T5Counter(t5)
+    for row in rows:
+        assert clip_counter().count(row["clip_l"]) <= 77 and counter.count(row["t5xxl"]) <= 256
+        assert row["t5xxl"].endswith(".") and row["clip_l"] and row["t5xxl"][0].isupper()
+    with open(out, newline="") as file:
+        table = list(csv.reader(file))
+    assert table[0] == ["image", "mode", "clip_l", "t5xxl"]
+    assert [r[2:] for r in table[1:]] == [[r["clip_l"], r["t5xxl"]] for r in rows]
