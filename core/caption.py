@@ -130,6 +130,9 @@ class Family:
     cast_inputs: bool = True  # cast floating inputs (pixels) to the model's dtype
     left_padding: bool = False  # decoder-only: batched prompts are padded on the left
     batch_size: int = 8
+    # the family's repositories that carry their own code (config.json "auto_map") are in a format the native class
+    # does not read: what to use instead
+    remote_code_fix: str = ""
 
 
 _DETERMINISTIC = (("do_sample", False), ("temperature", None), ("top_p", None), ("top_k", None))
@@ -140,7 +143,10 @@ FAMILIES: Tuple[Family, ...] = (
     # GIT runs in float32 with float32 pixels, as the reference keeps it
     Family("GIT", ("git",), "AutoModelForCausalLM", "4.40", float32=True, cast_inputs=False),
     Family("Florence-2", ("florence2",), "Florence2ForConditionalGeneration", "4.56", inputs=_florence_task,
-           decode=_decode_sentences, max_new_tokens=256, generate=(("num_beams", 3), *_DETERMINISTIC)),
+           decode=_decode_sentences, max_new_tokens=256, generate=(("num_beams", 3), *_DETERMINISTIC),
+           remote_code_fix="Use the converted weights (florence-community/Florence-2-base or -large), or convert "
+                           "these with transformers' src/transformers/models/florence2/"
+                           "convert_florence2_original_pytorch_to_hf.py."),
     Family("vision-language model", (), "AutoModelForImageTextToText", "4.46", inputs=_chat,
            decode=_decode_sentences, max_new_tokens=96, generate=(("num_beams", 1), *_DETERMINISTIC),
            left_padding=True, batch_size=4),
@@ -274,13 +280,10 @@ def _transformers_class(name: str):
 
 def _model_class(family: Family, config: dict, source: str):
     model_type = config.get("model_type")
+    if family.remote_code_fix and "auto_map" in config:
+        raise ModelLoadError(f"{source} is a {family.name} model in its original remote-code format, which this "
+                             f"pack never runs. {family.remote_code_fix}")
     if family is not GENERIC:
-        if family.name == "Florence-2" and "auto_map" in config and \
-                (config.get("vision_config") or {}).get("model_type") == "davit":
-            raise ModelLoadError(
-                f"{source} is a Florence-2 model in Microsoft's original remote-code format, which this pack never "
-                f"runs. Use the converted weights (florence-community/Florence-2-base or -large), or convert these "
-                f"with transformers' src/transformers/models/florence2/convert_florence2_original_pytorch_to_hf.py.")
         model_class = _transformers_class(family.model_class)
         if model_class is None:
             raise _needs(f"{family.name} ({source})", family.since)

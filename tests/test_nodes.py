@@ -518,8 +518,8 @@ def test_example_workflows_are_consistent(comfy, filename):
     expected_clip = "ViT-bigG-14/laion2b_s39b_b160k" if "sdxl" in filename else "ViT-L-14/openai"
     assert loader["widgets_values"][0] == expected_clip
     # (node, output) -> (encoder node, input) of every prompt link
-    wired = {(nodes[src]["type"], nodes[src]["outputs"][slot]["name"], nodes[dst]["type"], nodes[dst]["inputs"][i]["name"])
-             for _, src, slot, dst, i, kind in workflow["links"] if kind == "STRING"}
+    wired = {(nodes[src]["type"], nodes[src]["outputs"][slot]["name"], nodes[dst]["type"],
+              nodes[dst]["inputs"][i]["name"]) for _, src, slot, dst, i, kind in workflow["links"] if kind == "STRING"}
     if "sd15" in filename:
         assert ("ClipInterrogatorInterrogate", "prompt", "CLIPTextEncode", "text") in wired
         assert {"CheckpointLoaderSimple", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage",
@@ -596,7 +596,8 @@ def test_prompts_for_each_text_encoder(comfy, comfy_models, batch):
 
     handle = load(comfy)
     t5 = T5Counter(os.path.join(os.path.dirname(comfy.modules["comfy"].__file__), "text_encoders", "t5_tokenizer"))
-    long_caption = " ".join(["a woman in a red dress standing in a garden with roses and a black cat near an old house"] * 4)
+    sentence = "a woman in a red dress standing in a garden with roses and a black cat near an old house"
+    long_caption = " ".join([sentence] * 4)
     for node_name, target in (("ClipInterrogatorPromptsSDXL", "sdxl"), ("ClipInterrogatorPromptsSD3", "sd3"),
                               ("ClipInterrogatorPromptsFlux", "flux")):
         cls = comfy.pack.NODE_CLASS_MAPPINGS[node_name]
