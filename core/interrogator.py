@@ -109,15 +109,16 @@ class Interrogator:
                     captioner=None, progress: Optional[ProgressHook] = None) -> List[str]:
         """One prompt per image. ``captions`` and ``captioner``: see ``captions``; ``max_terms``: the most terms
         added (default: the mode's)."""
-        return [prompt for prompt, _ in self._interrogate(images, mode, captions, max_terms, captioner, progress)]
+        return [prompt for prompt, _, _ in self._interrogate(images, mode, captions, max_terms, captioner, progress)]
 
     def prompt_parts(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
                      captioner=None, progress: Optional[ProgressHook] = None) -> List[PromptParts]:
         """Per image, the prompt ``interrogate`` gives split into its caption part and its ranked terms, with the
         whole caption: what :mod:`.encoder_prompts` writes each text encoder's prompt from."""
         parts = []
-        for prompt, caption in self._interrogate(images, mode, captions, max_terms, captioner, progress):
-            head, terms = split_prompt(prompt, self._clip_caption(caption))
+        for prompt, caption, clip_caption in self._interrogate(images, mode, captions, max_terms, captioner,
+                                                               progress):
+            head, terms = split_prompt(prompt, clip_caption)
             parts.append(PromptParts(caption, head, terms, prompt=prompt))
         return parts
 
@@ -128,8 +129,8 @@ class Interrogator:
             return caption
         return shorten(caption, lambda text: self.encoder.token_count(text) <= budget)
 
-    def _interrogate(self, images, mode, captions, max_terms, captioner, progress) -> List[Tuple[str, str]]:
-        """(prompt, whole caption) per image."""
+    def _interrogate(self, images, mode, captions, max_terms, captioner, progress) -> List[Tuple[str, str, str]]:
+        """(prompt, whole caption, the caption as the prompt starts with it) per image."""
         spec = get_mode(mode)
         if max_terms is not None and (isinstance(max_terms, bool) or not isinstance(max_terms, int) or max_terms < 0):
             raise InterrogatorError(f"max_terms must be a whole number >= 0 (0: the mode's default of "
@@ -143,7 +144,8 @@ class Interrogator:
         steps = Steps(progress if len(images) > 1 else None, len(images), f"Interrogating ({mode})")
         prompts = []
         for i in range(len(images)):
-            prompts.append((run(features[i:i + 1], self._clip_caption(texts[i]), max_terms, progress), texts[i]))
+            clip_caption = self._clip_caption(texts[i])
+            prompts.append((run(features[i:i + 1], clip_caption, max_terms, progress), texts[i], clip_caption))
             steps.advance()
         return prompts
 

@@ -39,6 +39,17 @@ def _shapes(kind: str):
             for name, t in model.state_dict().items() if t.is_floating_point() and name not in SKIP]
 
 
+def _random(n: int, dtype, norm: bool, generator) -> torch.Tensor:
+    """``n`` random values as raw bytes of ``dtype``: about N(0, 0.02), or about 1 for norm weights (which keeps
+    activations finite through 24-32 layers). fp8 values are drawn as bit patterns, ~50x faster than randn."""
+    if dtype == torch.float8_e4m3fn:
+        bits = torch.randint(0, 256, (n,), dtype=torch.uint8, generator=generator)
+        # sign and mantissa random; exponent 7 (1.0-1.9, positive) for norms, 2 (+-0.03-0.06) otherwise
+        return (bits & 0x07) | (7 << 3) if norm else (bits & 0x87) | (2 << 3)
+    values = torch.randn(n, generator=generator) * 0.02
+    return (values + 1.0 if norm else values).to(dtype).view(torch.uint8)
+
+
 def write_random_text_encoder(folder: str, kind: str, dtype=torch.float16, seed: int = 0) -> str:
     """``<folder>/<kind>_random_<dtype>.safetensors``, written once and reused."""
     name = f"{kind}_random_{SAFETENSORS_DTYPES[dtype].lower()}.safetensors"
@@ -67,11 +78,9 @@ def write_random_text_encoder(folder: str, kind: str, dtype=torch.float16, seed:
             rows = shape[0] if shape else 1
             width = max(1, int(torch.tensor(shape[1:]).prod().item())) if len(shape) > 1 else 1
             step = max(1, (1 << 24) // width)  # about 16M values at a time
+            norm = "layer_norm" in tensor_name and tensor_name.endswith(".weight")
             for start in range(0, rows, step):
                 n = min(step, rows - start) * width
-                chunk = torch.randn(n, generator=generator) * 0.02
-                if "layer_norm" in tensor_name and tensor_name.endswith(".weight"):
-                    chunk = chunk + 1.0  # norms near one keep activations finite through 24-32 layers
-                file.write(chunk.to(dtype).view(torch.uint8).numpy().tobytes())
+                file.write(_random(n, dtype, norm, generator).numpy().tobytes())
     os.replace(tmp, path)
     return path
