@@ -122,6 +122,20 @@ class ComfyEnvironment:
     def check_interrupt(self) -> None:
         self.mm.throw_exception_if_processing_interrupted()
 
+    # -- tokenizers ------------------------------------------------------------------------------------------------
+    def t5_tokenizer_folder(self) -> Optional[str]:
+        """The T5 tokenizer ComfyUI's own T5-XXL encoders use (comfy/text_encoders/t5_tokenizer), read in place."""
+        import comfy
+
+        # comfy is a namespace package in ComfyUI (no __init__.py): its folder is on __path__
+        roots = list(getattr(comfy, "__path__", None) or [])
+        roots += [os.path.dirname(comfy.__file__)] if getattr(comfy, "__file__", None) else []
+        for root in roots:
+            folder = os.path.join(root, "text_encoders", "t5_tokenizer")
+            if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+                return folder
+        return None
+
 
 def register_folder() -> None:
     """Register ``models/clip_interrogator`` with folder_paths, keeping paths extra_model_paths.yaml added."""

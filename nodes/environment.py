@@ -1,7 +1,8 @@
 """Where the nodes run: what they need from their host (ComfyUI, or nothing), as one small protocol.
 
 :mod:`.comfy_adapter` implements it inside ComfyUI; :class:`PlainEnvironment` stands in elsewhere (tests, scripts):
-one models folder from ``CLIP_INTERROGATOR_MODELS``, the best local device, a simple memory budget, no cancel.
+one models folder from ``CLIP_INTERROGATOR_MODELS``, the best local device, a simple memory budget, no cancel, and
+the T5 tokenizer folder ``CLIP_INTERROGATOR_T5_TOKENIZER`` when set.
 """
 
 import os
@@ -39,6 +40,9 @@ class Environment(Protocol):
         """A fresh progress hook for one node run; it raises to cancel."""
 
     def check_interrupt(self) -> None: ...
+
+    def t5_tokenizer_folder(self) -> Optional[str]:
+        """A folder with a T5 tokenizer.json to count t5xxl prompts with, or None."""
 
 
 class PlainEnvironment:
@@ -90,6 +94,9 @@ class PlainEnvironment:
 
     def check_interrupt(self) -> None:
         pass
+
+    def t5_tokenizer_folder(self) -> Optional[str]:
+        return os.environ.get("CLIP_INTERROGATOR_T5_TOKENIZER") or None
 
 
 def current_environment() -> Environment:

@@ -1,6 +1,8 @@
 """The pack's nodes: thin declarations over :mod:`.runtime`, in the style of ComfyUI's comfy_extras/nodes_*.py."""
 
 from ..core import DEFAULT_CLIP, MODES
+from ..core.caption import DETAILS
+from ..core.encoder_prompts import TARGETS
 from .display import analysis_json, analysis_text
 from .model_files import CAPTION_PRESETS
 from .comfy_models import TEXT_ENCODERS
@@ -49,9 +51,26 @@ def vocabulary_inputs(files) -> dict:
     }
 
 
-def interrogator(clip, caption_model, precision, device, vocabulary, artists, ban) -> tuple:
+def caption_inputs() -> dict:
+    return {
+        "caption_detail": (list(DETAILS), {"default": "short", "tooltip": (
+            "How much the caption says. Florence-2: its caption task (<CAPTION>, <DETAILED_CAPTION>, "
+            "<MORE_DETAILED_CAPTION>). Vision-language models: the default instruction (a sentence, two, "
+            "a paragraph). BLIP and GIT ignore it.")}),
+        "caption_instruction": ("STRING", {"default": "", "multiline": True, "tooltip": (
+            "Vision-language models only: the instruction they caption with. Empty: describe the subject "
+            "without style words (CLIP adds those).")}),
+        "caption_max_tokens": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 1, "tooltip": (
+            "Most tokens the caption model writes; 0 uses its default (BLIP 32, Florence-2 256, "
+            "vision-language models 96).")}),
+    }
+
+
+def interrogator(clip, caption_model, precision, device, vocabulary, artists, ban, caption_detail,
+                 caption_instruction, caption_max_tokens) -> tuple:
     banned = tuple(sorted({b.strip() for b in ban.split(",") if b.strip()}))
-    spec = InterrogatorSpec(clip, caption_model, precision, device, vocabulary, bool(artists), banned)
+    spec = InterrogatorSpec(clip, caption_model, precision, device, vocabulary, bool(artists), banned,
+                            caption_detail, caption_instruction.strip(), int(caption_max_tokens))
     runtime().validate(spec)
     return (spec,)
 
@@ -69,7 +88,7 @@ class LoadInterrogator:
                     "models/clip_interrogator (a custom architecture needs a .json config beside the file).")}),
                 **model_inputs(files),
             },
-            "optional": vocabulary_inputs(files),
+            "optional": {**vocabulary_inputs(files), **caption_inputs()},
         }
 
     RETURN_TYPES = ("INTERROGATOR",)
@@ -79,8 +98,10 @@ class LoadInterrogator:
     CATEGORY = CATEGORY
     DESCRIPTION = "Chooses the CLIP and caption models for the interrogation nodes. Loads nothing until they run."
 
-    def load(self, clip_model, caption_model, precision, device, vocabulary="builtin", artists=True, ban=""):
-        return interrogator(clip_model, caption_model, precision, device, vocabulary, artists, ban)
+    def load(self, clip_model, caption_model, precision, device, vocabulary="builtin", artists=True, ban="",
+             caption_detail="short", caption_instruction="", caption_max_tokens=0):
+        return interrogator(clip_model, caption_model, precision, device, vocabulary, artists, ban, caption_detail,
+                            caption_instruction, caption_max_tokens)
 
 
 class InterrogatorFromComfyModels:
@@ -101,7 +122,7 @@ class InterrogatorFromComfyModels:
                     "(ViT-bigG vision -> clip_g).")}),
                 **model_inputs(files),
             },
-            "optional": vocabulary_inputs(files),
+            "optional": {**vocabulary_inputs(files), **caption_inputs()},
             "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},  # which files the two inputs came from
         }
 
@@ -114,9 +135,11 @@ class InterrogatorFromComfyModels:
                    "an SDXL checkpoint's clip_g + ViT-bigG CLIP Vision is the SDXL interrogator.")
 
     def load(self, clip, clip_vision, text_encoder, caption_model, precision, device, vocabulary="builtin",
-             artists=True, ban="", prompt=None, unique_id=None):
+             artists=True, ban="", caption_detail="short", caption_instruction="", caption_max_tokens=0, prompt=None,
+             unique_id=None):
         pair = runtime().comfy_pair(clip, clip_vision, text_encoder, prompt, unique_id)
-        return interrogator(pair, caption_model, precision, device, vocabulary, artists, ban)
+        return interrogator(pair, caption_model, precision, device, vocabulary, artists, ban, caption_detail,
+                            caption_instruction, caption_max_tokens)
 
 
 class _PromptNode:
@@ -154,7 +177,8 @@ class InterrogateImage(_PromptNode):
     RETURN_TYPES = ("STRING", "STRING")
     RETURN_NAMES = ("prompt", "caption")
     OUTPUT_IS_LIST = (True, True)
-    OUTPUT_TOOLTIPS = ("One prompt per image, for CLIPTextEncode.", "The caption each prompt starts with.")
+    OUTPUT_TOOLTIPS = ("One prompt per image, for CLIPTextEncode.", "The whole caption of each image (its prompt "
+                       "starts with it, cut at a phrase when it is too long to leave room for terms).")
     DESCRIPTION = "Writes a Stable Diffusion prompt that describes the image."
 
     def run(self, image, interrogator, mode, max_flavors, caption=""):
@@ -188,6 +212,70 @@ class NegativePrompt(_PromptNode):
     def run(self, image, interrogator, max_flavors):
         prompts, _ = self._prompts(image, interrogator, "negative", max_flavors)
         return {"ui": {"text": prompts}, "result": (prompts,)}
+
+
+class _EncoderPromptsNode:
+    """One output per text encoder input of a model family, each within that encoder's token limit."""
+
+    TARGET = None  # a row of core.encoder_prompts.TARGETS
+    OUTPUT_NODE = True
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"image": IMAGE_INPUT, "interrogator": INTERROGATOR_INPUT,
+                         "mode": (captioned_modes(), {"default": "best", "tooltip": "; ".join(
+                             f"{m}: {MODES[m].description}" for m in captioned_modes())}),
+                         "max_flavors": max_flavors_input(*captioned_modes()),
+                         **cls.EXTRA_INPUTS},
+            "optional": {"caption": ("STRING", {"default": "", "multiline": True, "tooltip": (
+                "Your own caption (the subject). When set, the caption model is skipped.")})},
+        }
+
+    EXTRA_INPUTS = {}
+
+    @classmethod
+    def declare(cls, target):
+        cls.TARGET = target
+        cls.RETURN_TYPES = ("STRING",) * (len(target.outputs) + 1)
+        cls.RETURN_NAMES = (*target.names, "caption")
+        cls.OUTPUT_IS_LIST = (True,) * (len(target.outputs) + 1)
+        cls.OUTPUT_TOOLTIPS = (*[o.tooltip for o in target.outputs], "The whole caption of each image.")
+        cls.DESCRIPTION = (f"Writes one prompt per text encoder of {target.label} ({target.encode_node}), each cut "
+                           f"to what that encoder reads: whole terms only, a long caption shortened at a phrase.")
+        return cls
+
+    def run(self, image, interrogator, mode, max_flavors, caption="", **extra):
+        texts, captions = runtime().encoder_prompts(interrogator, image, self.TARGET.name, mode, caption,
+                                                    max_flavors, self.contents(**extra))
+        shown = ["\n".join(f"{name}: {texts[name][i]}" for name in self.TARGET.names) for i in range(len(captions))]
+        return {"ui": {"text": shown}, "result": (*[texts[name] for name in self.TARGET.names], captions)}
+
+    def contents(self, **extra):
+        return None
+
+
+class PromptsForSDXL(_EncoderPromptsNode):
+    EXTRA_INPUTS = {"text_l": (["same as text_g", "style terms"], {"default": "same as text_g", "tooltip": (
+        "What CLIP-L reads: the same prompt as CLIP-G, or only the style terms (the caption stays on text_g).")})}
+
+    def contents(self, text_l="same as text_g"):
+        return {"text_l": "terms"} if text_l == "style terms" else None
+
+
+class PromptsForSD3(_EncoderPromptsNode):
+    pass
+
+
+class PromptsForFlux(_EncoderPromptsNode):
+    pass
+
+
+PromptsForSDXL.declare(TARGETS["sdxl"])
+PromptsForSD3.declare(TARGETS["sd3"])
+PromptsForFlux.declare(TARGETS["flux"])
 
 
 class AnalyzeImage:
@@ -253,6 +341,9 @@ NODE_CLASS_MAPPINGS = {
     "ClipInterrogatorNegativePrompt": NegativePrompt,
     "ClipInterrogatorAnalyze": AnalyzeImage,
     "ClipInterrogatorUnload": UnloadInterrogator,
+    "ClipInterrogatorPromptsSDXL": PromptsForSDXL,
+    "ClipInterrogatorPromptsSD3": PromptsForSD3,
+    "ClipInterrogatorPromptsFlux": PromptsForFlux,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -263,4 +354,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ClipInterrogatorNegativePrompt": "Negative Prompt",
     "ClipInterrogatorAnalyze": "Analyze Image",
     "ClipInterrogatorUnload": "Unload Interrogator",
+    "ClipInterrogatorPromptsSDXL": "Prompts for SDXL",
+    "ClipInterrogatorPromptsSD3": "Prompts for SD3",
+    "ClipInterrogatorPromptsFlux": "Prompts for Flux",
 }

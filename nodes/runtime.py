@@ -4,14 +4,17 @@ Nothing here imports ComfyUI: the host comes in as an environment (see :mod:`.en
 """
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
 from ..core import (DEFAULT_CAPTION_MODEL, NO_CAPTION, ImageError, Interrogator, InterrogatorError, VocabError,
                     Vocabulary, caption_needed, load_captioner, load_clip)
+from ..core.caption import CaptionOptions
+from ..core.encoder_prompts import PromptParts, get_target, write
 from ..core.images import as_pil_list
+from ..core.token_count import clip_counter, t5_counter
 from .comfy_graph import input_files
 from .comfy_models import ComfyPair
 from .display import Analysis
@@ -45,6 +48,12 @@ class InterrogatorSpec:
     vocabulary: str = "builtin"
     artists: bool = True
     ban: Tuple[str, ...] = ()
+    caption_detail: str = "short"  # Florence-2's task, or a vision-language model's default instruction
+    caption_instruction: str = ""  # a vision-language model's own instruction
+    caption_max_tokens: int = 0  # 0: the caption model's default
+
+    def caption_options(self) -> CaptionOptions:
+        return CaptionOptions(self.caption_detail, self.caption_instruction, self.caption_max_tokens)
 
     def describe(self) -> str:
         return f"{self.clip} + {self.caption} ({self.precision}, {self.device})"
@@ -61,6 +70,7 @@ class Runtime:
         self._engines: Dict[tuple, Interrogator] = {}
         self._indexed: Dict[tuple, set] = {}  # CLIP key -> keys of engines whose label index is built
         self._pair_refs: Dict[tuple, tuple] = {}  # CLIP key of a converted ComfyUI pair -> its models' weakrefs
+        self._t5 = None  # the T5 token counter, read once
         self._lock = threading.RLock()
 
     def validate(self, spec: InterrogatorSpec) -> None:
@@ -73,6 +83,7 @@ class Runtime:
             if not isinstance(spec.clip, ComfyPair):  # a pair from ComfyUI's loaders was checked when made
                 self.files.clip_source(spec.clip)
             self.files.caption_source(spec.caption)
+            spec.caption_options()
             self.vocabulary(spec)
         except InterrogatorError as error:
             raise user_error(error) from error
@@ -178,8 +189,14 @@ class Runtime:
     # -- running --------------------------------------------------------------------------------------------------
     def run(self, spec: InterrogatorSpec, images, mode: str, caption: Optional[str] = None,
             max_terms: Optional[int] = None) -> Tuple[List[str], List[str]]:
-        """Prompts and the captions used, one per image. Captions all images first, then runs CLIP, so the two
-        models take turns on the device."""
+        """Prompts and the captions used, one per image."""
+        parts = self.prompt_parts(spec, images, mode, caption, max_terms)
+        return [p.prompt for p in parts], [p.caption for p in parts]
+
+    def prompt_parts(self, spec: InterrogatorSpec, images, mode: str, caption: Optional[str] = None,
+                     max_terms: Optional[int] = None) -> List[PromptParts]:
+        """Each image's prompt as caption and terms. Captions all images first, then runs CLIP, so the two models
+        take turns on the device."""
         try:
             with self._lock:
                 images = as_pil_list(images)
@@ -191,15 +208,42 @@ class Runtime:
                 if captioner is not None:
                     self.cache.use([captioner])
                     self.env.check_interrupt()
-                captions = engine.captions(images, mode, given, captioner.value if captioner else None, hook)
+                captions = engine.captions(images, mode, given, captioner.value.using(spec.caption_options())
+                                           if captioner else None, hook)
                 self.cache.use([clip])
                 self.env.check_interrupt()
-                prompts = engine.interrogate(images, mode, captions=captions, max_terms=max_terms or None,
-                                             progress=hook)
+                parts = engine.prompt_parts(images, mode, captions=captions, max_terms=max_terms or None,
+                                            progress=hook)
                 self._account_index(clip, key, engine)
-                return prompts, captions
+                return parts
         except InterrogatorError as error:
             raise user_error(error) from error
+
+    def encoder_prompts(self, spec: InterrogatorSpec, images, target: str, mode: str, caption: Optional[str] = None,
+                        max_terms: Optional[int] = None, contents: Optional[Dict[str, str]] = None
+                        ) -> Tuple[Dict[str, List[str]], List[str]]:
+        """Per output of ``target`` (see core.encoder_prompts), one text per image; and the captions used."""
+        try:
+            row = get_target(target)
+            counters = {"clip": clip_counter(), "t5": self._t5_counter() if row.needs_t5 else None}
+        except InterrogatorError as error:
+            raise user_error(error) from error
+        with self._lock:
+            parts = self.prompt_parts(spec, images, mode, caption, max_terms)
+            if row.needs_negative:
+                negatives = self.prompt_parts(spec, images, "negative", None, max_terms)
+                parts = [replace(p, negative=n.terms) for p, n in zip(parts, negatives)]
+        try:
+            texts = [write(row, p, counters, contents) for p in parts]
+        except InterrogatorError as error:
+            raise user_error(error) from error
+        return {name: [t[name] for t in texts] for name in row.names}, [p.caption for p in parts]
+
+    def _t5_counter(self):
+        with self._lock:
+            if self._t5 is None:
+                self._t5 = t5_counter(self.env.t5_tokenizer_folder())
+            return self._t5
 
     def analyze(self, spec: InterrogatorSpec, images, top: int = 5) -> List[Analysis]:
         try:

@@ -90,7 +90,7 @@ def _tail(path, n=60):
 
 
 @contextlib.contextmanager
-def comfyui_server(base_dir, tmp_path):
+def comfyui_server(base_dir, tmp_path, *flags):
     """A headless ComfyUI on the CPU over ``base_dir``: yields (url, process, log path); always stopped."""
     port = _free_port()
     log_path = str(tmp_path / "comfyui.log")
@@ -98,7 +98,7 @@ def comfyui_server(base_dir, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     with open(log_path, "w") as log:
         proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                 "--base-directory", str(base_dir), "--disable-auto-launch"],
+                                 "--base-directory", str(base_dir), "--disable-auto-launch", *flags],
                                 cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     try:
@@ -375,3 +375,99 @@ def _run_pair_workflows(base_dir, tmp_path):
         message = errors[0]["exception_message"].strip()
         assert message.startswith("CLIP Interrogator: clip_l of clip_l_sd15.safetensors has no text_projection")
         assert "clip_l.safetensors" in message.splitlines()[0]
+
+
+# -- the SDXL and Flux example workflows, run up to their text encoders ---------------------------------------------
+E2E_WEIGHTS = os.environ.get("CLIP_INTERROGATOR_E2E_WEIGHTS") or os.path.join(
+    os.path.expanduser("~"), ".cache", "clip_interrogator_nodes", "e2e_text_encoders")
+FULL_T5 = os.environ.get("COMFYUI_E2E_T5XXL") == "1"  # also run Flux's T5-XXL (a 4.8 GB fp8 file, ~5 GB of RAM)
+
+
+def _api_graph(workflow, object_info, clip_loader):
+    """The API prompt the frontend queues for a UI-format workflow, cut after its text encoders: every encoder's
+    ``clip`` comes from ``clip_loader`` (random weights instead of a checkpoint) and feeds a PreviewAny, so
+    ComfyUI executes the encoders; the sampler, UNet and VAE are left out."""
+    links = {link[0]: link for link in workflow["links"]}
+    graph = {}
+    for node in workflow["nodes"]:
+        names = [name for name, _, _ in _widget_specs(object_info[node["type"]])]
+        inputs = dict(zip(names, node["widgets_values"]))
+        for slot in node["inputs"]:
+            if slot.get("link") is not None:
+                link = links[slot["link"]]
+                inputs[slot["name"]] = [str(link[1]), link[2]]
+        graph[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    encoders = [key for key, node in graph.items() if node["class_type"].startswith("CLIPTextEncode")]
+    graph["900"] = clip_loader
+    for key in encoders:
+        graph[key]["inputs"]["clip"] = ["900", 0]
+        graph[f"9{key}"] = {"class_type": "PreviewAny", "inputs": {"source": [key, 0]}}
+    keep, todo = set(), [key for key in graph if key.startswith("9") and key != "900"]
+    while todo:
+        key = todo.pop()
+        if key not in keep:
+            keep.add(key)
+            todo += [value[0] for value in graph[key]["inputs"].values() if isinstance(value, list)]
+    return {key: node for key, node in graph.items() if key in keep}, encoders
+
+
+@pytest.mark.parametrize("example", ["sdxl", "flux"])
+def test_example_workflow_runs_up_to_the_text_encoders(tmp_path, example):
+    import torch
+
+    from core.token_count import T5Counter, clip_counter
+    from tests.random_text_encoders import write_random_text_encoder
+    from tests.tiny_models import sample_images, write_tiny_clip, write_tiny_florence2
+
+    base_dir = tmp_path / "comfy"
+    models = base_dir / "models" / "clip_interrogator"
+    encoders_dir = base_dir / "models" / "text_encoders"
+    for folder in (base_dir / "custom_nodes", base_dir / "input", encoders_dir):
+        os.makedirs(folder)
+    write_tiny_clip(str(models))
+    write_tiny_florence2(str(models / "Florence-2-base"))
+    os.symlink(ROOT, base_dir / "custom_nodes" / "comfyui-clip-interrogator-nodes")
+    sample_images()[2].resize((64, 64)).save(base_dir / "input" / "example.png")
+    kinds = {"sdxl": ["clip_l", "clip_g"], "flux": ["clip_l", "t5xxl"] if FULL_T5 else ["clip_l"]}[example]
+    files = {}
+    for kind in kinds:
+        dtype = torch.float8_e4m3fn if kind == "t5xxl" else torch.float16
+        files[kind] = os.path.basename(write_random_text_encoder(E2E_WEIGHTS, kind, dtype))
+        os.symlink(os.path.join(E2E_WEIGHTS, files[kind]), encoders_dir / files[kind])
+    if example == "sdxl":
+        loader = {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": files["clip_l"],
+                                                             "clip_name2": files["clip_g"], "type": "sdxl"}}
+    elif FULL_T5:
+        loader = {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": files["clip_l"],
+                                                             "clip_name2": files["t5xxl"], "type": "flux"}}
+    else:  # CLIP-L alone as an SD3-type CLIP: both texts are tokenized (T5 with ComfyUI's tokenizer), CLIP-L runs
+        loader = {"class_type": "CLIPLoader", "inputs": {"clip_name": files["clip_l"], "type": "sd3"}}
+
+    log_path = str(tmp_path / "comfyui.log")
+    # ComfyUI keeps text encoders in fp16 on a CPU, where half-precision matrix products can be 100x slower
+    with _comfyui(base_dir, log_path, "--fp32-text-enc") as (base, proc):
+        _wait_for_server(base, proc, log_path)
+        object_info = _request(f"{base}/object_info", timeout=60)
+        with open(os.path.join(ROOT, "example_workflows", f"{example}_image_to_prompt.json")) as file:
+            graph, encoders = _api_graph(json.load(file), object_info, loader)
+        ours = [key for key, node in graph.items() if node["class_type"].startswith("ClipInterrogatorPrompts")]
+        load = next(node for node in graph.values() if node["class_type"] == "ClipInterrogatorLoad")
+        load["inputs"].update(clip_model="tiny-clip.safetensors", caption_model="florence-2-base",
+                              caption_max_tokens=12)  # the tiny stand-ins for the presets the example names
+        queued = _request(f"{base}/prompt", {"prompt": graph, "client_id": "e2e-encoders"})
+        result = _wait_for_history(base, queued["prompt_id"], proc, log_path, timeout=1800)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"], indent=1)[-3000:]
+    outputs = result["outputs"]
+    assert len(encoders) == (2 if example == "sdxl" else 1)
+    for key in encoders:  # each text encoder ran and its conditioning reached the sink
+        assert outputs[f"9{key}"]["text"][0].strip()
+    texts = dict(line.split(": ", 1) for line in outputs[ours[0]]["text"][0].split("\n"))
+    assert set(texts) == ({"text_g", "text_l", "negative"} if example == "sdxl" else {"clip_l", "t5xxl"})
+    t5 = T5Counter(os.path.join(COMFYUI_DIR, "comfy", "text_encoders", "t5_tokenizer"))
+    for name, text in texts.items():
+        assert text and (t5 if name == "t5xxl" else clip_counter()).count(text) <= (256 if name == "t5xxl" else 77)
+    log = _tail(log_path, 5000)
+    assert ("SDXLClipModel" if example == "sdxl" else "FluxClipModel_" if FULL_T5 else "SD3ClipModel") in log
+    assert "clip missing" not in log and "clip unexpected" not in log  # every encoder weight came from our files
+    assert "no T5 tokenizer" not in log  # the pack counted t5xxl with ComfyUI's own T5 tokenizer
+
