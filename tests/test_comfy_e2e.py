@@ -443,9 +443,8 @@ def test_example_workflow_runs_up_to_the_text_encoders(tmp_path, example):
     else:  # CLIP-L alone as an SD3-type CLIP: both texts are tokenized (T5 with ComfyUI's tokenizer), CLIP-L runs
         loader = {"class_type": "CLIPLoader", "inputs": {"clip_name": files["clip_l"], "type": "sd3"}}
 
-    log_path = str(tmp_path / "comfyui.log")
     # ComfyUI keeps text encoders in fp16 on a CPU, where half-precision matrix products can be 100x slower
-    with _comfyui(base_dir, log_path, "--fp32-text-enc") as (base, proc):
+    with comfyui_server(base_dir, tmp_path, "--fp32-text-enc") as (base, proc, log_path):
         _wait_for_server(base, proc, log_path)
         object_info = _request(f"{base}/object_info", timeout=60)
         with open(os.path.join(ROOT, "example_workflows", f"{example}_image_to_prompt.json")) as file:
