@@ -12,11 +12,13 @@ import torch
 
 from .confidence import KEEP, Calibration, Confidence, Reading, choose, gaps, picks, read
 from .embeddings import EmbeddingCache, LabelIndex
+from .encoder_prompts import CAPTION_TOKENS, PromptParts
 from .errors import InterrogatorError
 from .images import as_pil_list, detail_crops
 from .modes import MODES, get_mode
 from .progress import ProgressHook, Steps
 from .text_encoder import TextEncoder
+from .token_count import shorten
 from .vocab import Vocabulary
 
 
@@ -31,10 +33,14 @@ class Settings:
     fix_negative_sign: bool = True
     # Ours (None): exact top-k. Reference: ranks tables longer than its chunk_size (2048) approximately, per chunk.
     approx_topk_chunk: Optional[int] = None
+    # Ours: a caption longer than this many CLIP tokens is cut at a phrase or word boundary, so terms still fit.
+    # Reference (None): a long caption fills the whole context and the prompt gets no terms.
+    caption_tokens: Optional[int] = CAPTION_TOKENS
 
     @classmethod
     def reference(cls, **overrides) -> "Settings":
-        return replace(cls(fit_token_budget=False, fix_negative_sign=False, approx_topk_chunk=2048), **overrides)
+        return replace(cls(fit_token_budget=False, fix_negative_sign=False, approx_topk_chunk=2048,
+                           caption_tokens=None), **overrides)
 
 
 Captions = Union[None, str, Sequence[Optional[str]]]
@@ -43,11 +49,12 @@ GAP_WARNING = "no good term for {}: the image may be outside the vocabulary"
 
 @dataclass(frozen=True)
 class Prompt:
-    """One image's prompt, the caption it starts with, and the lists in which no term fits the image."""
+    """One image's prompt, its whole caption, and the lists in which no term fits the image."""
 
     text: str
     caption: str
     gaps: Tuple[str, ...] = ()
+    head: str = ""  # the caption as the prompt starts with it (cut to the caption budget)
 
     @property
     def warnings(self) -> List[str]:
@@ -122,9 +129,27 @@ class Interrogator:
         added (default: the mode's); ``detail``: also score crops (modes with a detail pass)."""
         return [p.text for p in self.prompts(images, mode, captions, max_terms, captioner, progress, detail)]
 
+    def prompt_parts(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
+                     captioner=None, progress: Optional[ProgressHook] = None) -> List[PromptParts]:
+        """Per image, the prompt ``interrogate`` gives split into its caption part and its ranked terms, with the
+        whole caption: what :mod:`.encoder_prompts` writes each text encoder's prompt from."""
+        parts = []
+        for prompt in self.prompts(images, mode, captions, max_terms, captioner, progress):
+            head, terms = split_prompt(prompt.text, prompt.head)
+            parts.append(PromptParts(prompt.caption, head, terms, prompt=prompt.text))
+        return parts
+
+    def _clip_caption(self, caption: str) -> str:
+        """The caption as the prompt starts with it: cut to the caption budget (see ``Settings.caption_tokens``)."""
+        budget = self.settings.caption_tokens
+        if not caption or budget is None:
+            return caption
+        return shorten(caption, lambda text: self.encoder.token_count(text) <= budget)
+
     def prompts(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
                 captioner=None, progress: Optional[ProgressHook] = None, detail: bool = False) -> List[Prompt]:
-        """``interrogate``, with each prompt's caption and the lists the mode found no good term in."""
+        """``interrogate``, with each prompt's whole caption, the part it starts with, and the lists the mode found
+        no good term in."""
         spec = get_mode(mode)
         if max_terms is not None and (isinstance(max_terms, bool) or not isinstance(max_terms, int) or max_terms < 0):
             raise InterrogatorError(f"max_terms must be a whole number >= 0 (0: the mode's default of "
@@ -142,9 +167,10 @@ class Interrogator:
         prompts = []
         for i, image in enumerate(images):
             options = {"crops": self.clip.encode_images(detail_crops(image))} if detail else {}
-            text = run(features[i:i + 1], texts[i], max_terms, progress, **options)
+            head = self._clip_caption(texts[i])
+            text = run(features[i:i + 1], head, max_terms, progress, **options)
             found = self._gaps(self._readings(features[i:i + 1])) if spec.gap_warnings else ()
-            prompts.append(Prompt(text, texts[i], tuple(found)))
+            prompts.append(Prompt(text, texts[i], tuple(found), head))
             steps.advance()
         return prompts
 
@@ -362,6 +388,17 @@ class Interrogator:
         if scores:
             return [(labels[i], float(image[0].float() @ matrix[i].float())) for i in top]
         return [labels[i] for i in top]
+
+
+def split_prompt(prompt: str, caption: str) -> Tuple[str, Tuple[str, ...]]:
+    """(caption part, terms) of a prompt that starts with ``caption``; classic mode may glue "by <artist>" to the
+    caption with a space, which stays in the caption part."""
+    rest = prompt
+    head = ""
+    if caption and prompt.startswith(caption):
+        glued, _, rest = prompt[len(caption):].partition(", ")
+        head = caption + glued
+    return head, tuple(term for term in rest.split(", ") if term)
 
 
 def _approximate_top(image, matrix, k: int, chunk: int, reverse: bool) -> List[int]:
