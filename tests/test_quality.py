@@ -125,9 +125,10 @@ def test_cli_precise_mode_prints_the_prompt_and_its_warnings(engine, vocab_dir, 
     prompt, example = next((p, e) for p, e in zip(prompts, examples) if p.gaps)
     path = tmp_path / "gap.png"
     example.image.save(path)
-    result = subprocess.run([sys.executable, "-m", "core", "interrogate", str(path), "--mode", "precise", "--detail-pass",
-                             "--clip-weights", quality.MODEL, "--vocab", vocab_dir, "--caption", world.PICTURE,
-                             "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--quiet"],
+    result = subprocess.run([sys.executable, "-m", "core", "interrogate", str(path), "--mode", "precise",
+                             "--detail-pass", "--clip-weights", quality.MODEL, "--vocab", vocab_dir,
+                             "--caption", world.PICTURE, "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+                             "--quiet"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
     assert result.returncode == 0, result.stderr
     assert result.stdout == prompt.text + "\n"
