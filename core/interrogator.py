@@ -83,7 +83,7 @@ class Interrogator:
                  progress: Optional[ProgressHook] = None) -> List[str]:
         """The caption each image's prompt starts with: ``captions`` is None (the caption model), one text for
         all, or one per image (an empty one is captioned); modes without a caption get "", and so does every
-        image when there is no caption model."""
+        image when there is no caption model. Banned words are cut out of every caption, given or generated."""
         images = as_pil_list(images)
         if isinstance(captions, str) or captions is None:
             captions = [captions] * len(images)
@@ -97,7 +97,7 @@ class Interrogator:
         if missing and captioner is not None:
             for i, text in zip(missing, self.caption([images[i] for i in missing], captioner, progress)):
                 captions[i] = text
-        return captions
+        return [self.vocab.ban.scrub(c) for c in captions]
 
     def interrogate(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
                     captioner=None, progress: Optional[ProgressHook] = None) -> List[str]:
@@ -116,7 +116,8 @@ class Interrogator:
         steps = Steps(progress if len(images) > 1 else None, len(images), f"Interrogating ({mode})")
         prompts = []
         for i in range(len(images)):
-            prompts.append(run(features[i:i + 1], texts[i], max_terms, progress))
+            # banned labels were never scored; this catches a banned phrase formed where a mode joins two texts
+            prompts.append(self.vocab.ban.scrub(run(features[i:i + 1], texts[i], max_terms, progress)))
             steps.advance()
         return prompts
 

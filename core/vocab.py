@@ -7,10 +7,10 @@ ranked in, which decides ties exactly as the reference does (artists, flavors, m
 import importlib.util
 import json
 import os
-import re
 from dataclasses import dataclass, field, replace
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
+from .ban import Ban
 from .errors import VocabError
 
 ROLES = ("artist", "flavor", "medium", "movement", "site", "negative")
@@ -61,25 +61,24 @@ class TermList:
     role: str
     terms: Tuple[str, ...]
     style: bool = True
+    ban: Ban = Ban()
 
     @property
     def labels(self) -> List[str]:
-        return label_forms(self.role, self.terms)
-
-
-def _banned_pattern(banned: Iterable[str]) -> Optional["re.Pattern"]:
-    words = sorted({b.strip().lower() for b in banned if b.strip()}, key=len, reverse=True)
-    if not words:
-        return None
-    return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.IGNORECASE)
+        """The phrases scored for this list, in the form they take in a prompt, less any that hold a banned word."""
+        return self.ban.keep(label_forms(self.role, self.terms))
 
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Ordered term lists. ``pool`` feeds fast/best, roles feed classic, ``negative`` feeds negative mode."""
+    """Ordered term lists. ``pool`` feeds fast/best, roles feed classic, ``negative`` feeds negative mode.
+
+    ``ban`` applies to every list (see :mod:`.ban`), whichever way the vocabulary was built.
+    """
 
     lists: Tuple[TermList, ...]
     source: str = ""
+    ban: Ban = Ban()
     _index: Dict[str, TermList] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -87,6 +86,10 @@ class Vocabulary:
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise VocabError(f"vocabulary {self.source} has more than one list named {', '.join(duplicated)}.")
+        if self.ban:
+            object.__setattr__(self, "lists", tuple(
+                replace(tl, terms=tuple(t for t in tl.terms if not self.ban.hits(t)), ban=self.ban)
+                for tl in self.lists))
         object.__setattr__(self, "_index", {tl.name: tl for tl in self.lists})
 
     def __getitem__(self, name: str) -> TermList:
@@ -157,7 +160,7 @@ class Vocabulary:
                 lists[i] = replace(lists[i], terms=tuple(dict.fromkeys(lists[i].terms + user_list.terms)))
             else:
                 lists.append(user_list)
-        return Vocabulary(tuple(lists), source=f"{self.source} + {folder}")
+        return Vocabulary(tuple(lists), source=f"{self.source} + {folder}", ban=self.ban)
 
     def without(self, names: Iterable[str] = (), roles: Iterable[str] = ()) -> "Vocabulary":
         """Switch lists off by name or by role (e.g. roles=["artist"] for prompts without artist names)."""
@@ -167,15 +170,13 @@ class Vocabulary:
             raise VocabError(f"cannot switch off unknown list(s) {', '.join(sorted(unknown))}; "
                              f"known lists: {', '.join(self.names)}.")
         kept = tuple(tl for tl in self.lists if tl.name not in names and tl.role not in roles)
-        return Vocabulary(kept, source=self.source)
+        return Vocabulary(kept, source=self.source, ban=self.ban)
 
     def banning(self, banned: Iterable[str]) -> "Vocabulary":
-        """Drop every term that contains a banned word or phrase (whole words, any case)."""
-        pattern = _banned_pattern(banned)
-        if pattern is None:
-            return self
-        lists = tuple(replace(tl, terms=tuple(t for t in tl.terms if not pattern.search(t))) for tl in self.lists)
-        return Vocabulary(lists, source=self.source)
+        """Add banned words or phrases (whole words, any case): no label that contains one is scored, and the
+        engine cuts them out of captions and joined labels (see :mod:`.ban`). Bans add up."""
+        ban = self.ban + Ban((banned,) if isinstance(banned, str) else tuple(banned))
+        return self if ban == self.ban else Vocabulary(self.lists, source=self.source, ban=ban)
 
 
 def _read_manifest(path: str) -> Sequence[dict]:

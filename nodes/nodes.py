@@ -47,7 +47,8 @@ class LoadInterrogator:
                 "artists": ("BOOLEAN", {"default": True, "label_on": "on", "label_off": "off",
                                         "tooltip": "Off: prompts never name an artist."}),
                 "ban": ("STRING", {"default": "", "multiline": False, "tooltip": (
-                    "Comma-separated words or phrases that must never appear in a prompt.")}),
+                    "Comma-separated words or phrases that must never appear in an output, in any form: 'by' "
+                    "removes every 'by <artist>' term, and a banned word is cut out of the caption too.")}),
             },
         }
 

@@ -408,6 +408,20 @@ def test_vocabulary_options(comfy, batch):
         assert not [t for t in terms[1:] if "photo" in t.split() or "painting" in t.split()]
 
 
+def test_ban_reaches_every_output_in_every_form(comfy, batch):
+    """"by" starts every artist label (style prompts always name one) and "contest winner" ends some site labels:
+    neither may appear in any node's output, the caption output included. (Every mode: tests/test_vocab.py.)"""
+    ban = importlib.import_module(f"{PACK}.core.ban").Ban(["by", "contest winner"])
+    handle = load(comfy, ban="by, contest winner")
+    prompts, captions = interrogate(comfy, handle, batch, mode="fast", caption="a man standing by a lake",
+                                    max_flavors=64)["result"]
+    assert captions == ["a man standing a lake"] * 3
+    style = node(comfy, "ClipInterrogatorStylePrompt").run(batch[:1], handle, 0)["result"][0]
+    analysis = node(comfy, "ClipInterrogatorAnalyze").run(batch[:1], handle, 50)["result"]
+    for text in prompts + captions + style + analysis[0] + analysis[1]:
+        assert not ban.hits(text), text
+
+
 # -- outside ComfyUI ----------------------------------------------------------------------------------------------
 def test_runtime_works_without_comfyui(models_dir, batch):
     import_pack()
