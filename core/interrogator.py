@@ -5,7 +5,7 @@ names the difference and ``Settings.reference()`` switches back to the reference
 """
 
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -14,6 +14,7 @@ from .errors import InterrogatorError
 from .images import as_pil_list
 from .modes import get_mode
 from .progress import ProgressHook, Steps
+from .result import Interrogation, Span, Term, segment
 from .text_encoder import TextEncoder
 from .vocab import Vocabulary
 
@@ -59,6 +60,7 @@ class Interrogator:
         self.encoder = TextEncoder(clip)
         self.cache = EmbeddingCache(cache_dir)
         self._index: Optional[LabelIndex] = None
+        self._rows: Optional[Dict[str, Tuple[str, int]]] = None
 
     # -- public API ----------------------------------------------------------------------------------------------
     def label_index(self, progress: Optional[ProgressHook] = None) -> LabelIndex:
@@ -103,6 +105,18 @@ class Interrogator:
                     captioner=None, progress: Optional[ProgressHook] = None) -> List[str]:
         """One prompt per image. ``captions`` and ``captioner``: see ``captions``; ``max_terms``: the most terms
         added (default: the mode's)."""
+        return [prompt for prompt, _, _ in self._interrogate(images, mode, captions, max_terms, captioner, progress)]
+
+    def interrogations(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
+                       captioner=None, progress: Optional[ProgressHook] = None) -> Iterator[Interrogation]:
+        """``interrogate``'s prompts with what each is made of: the caption and every chosen term with its list,
+        role and CLIP score (see :mod:`.result`). Yielded one image at a time as each is done; captions and image
+        features of all ``images`` are computed first, in batches."""
+        for prompt, caption, features in self._interrogate(images, mode, captions, max_terms, captioner, progress):
+            yield Interrogation(prompt, caption, mode, self._spans(features, prompt, caption))
+
+    def _interrogate(self, images, mode, captions, max_terms, captioner, progress) -> Iterator[Tuple[str, str, object]]:
+        """(prompt, caption, image features) per image."""
         spec = get_mode(mode)
         if max_terms is not None and (isinstance(max_terms, bool) or not isinstance(max_terms, int) or max_terms < 0):
             raise InterrogatorError(f"max_terms must be a whole number >= 0 (0: the mode's default of "
@@ -114,12 +128,11 @@ class Interrogator:
         run = getattr(self, f"_{mode}")
         max_terms = max_terms or spec.max_terms
         steps = Steps(progress if len(images) > 1 else None, len(images), f"Interrogating ({mode})")
-        prompts = []
         for i in range(len(images)):
             # banned labels were never scored; this catches a banned phrase formed where a mode joins two texts
-            prompts.append(self.vocab.ban.scrub(run(features[i:i + 1], texts[i], max_terms, progress)))
+            prompt = self.vocab.ban.scrub(run(features[i:i + 1], texts[i], max_terms, progress))
             steps.advance()
-        return prompts
+            yield prompt, texts[i], features[i:i + 1]
 
     def analyze(self, images, top: int = 5, progress: Optional[ProgressHook] = None
                 ) -> List[Dict[str, List[Tuple[str, float]]]]:
@@ -252,6 +265,30 @@ class Interrogator:
             fitted += ", " + part
         return fitted
 
+    # -- what a prompt is made of -------------------------------------------------------------------------------
+    def _spans(self, features, prompt: str, caption: str) -> Tuple[Span, ...]:
+        rows = self._label_rows()
+        spans = []
+        for text, is_label in segment(prompt, caption, rows.__contains__):
+            term = None
+            if is_label:
+                name, offset = rows[text]
+                labels, matrix = self._index.rows([name], self.clip.device)
+                score = _cosine(features.to(matrix.device, matrix.dtype), matrix, offset)
+                term = Term(text, name, self.vocab[name].role, score)
+            spans.append(Span(text, term))
+        return tuple(spans)
+
+    def _label_rows(self) -> Dict[str, Tuple[str, int]]:
+        """label -> (the first list holding it, its row in that list), in vocabulary order."""
+        if self._rows is None:
+            rows: Dict[str, Tuple[str, int]] = {}
+            for name in (tl.name for tl in self.vocab.lists):
+                for offset, label in enumerate(self._list_labels(name)):
+                    rows.setdefault(label, (name, offset))
+            self._rows = rows
+        return self._rows
+
     # -- scoring helpers -----------------------------------------------------------------------------------------
     def _similarities_tensor(self, features, texts: List[str]) -> torch.Tensor:
         return (self.encoder.encode(texts) @ features.T.to(self.clip.device))[:, 0].cpu()
@@ -283,8 +320,13 @@ class Interrogator:
             sims = (image @ matrix.T).float().cpu()
             top = (-sims if reverse else sims).topk(min(k, len(labels)), dim=-1).indices[0].tolist()
         if scores:
-            return [(labels[i], float(image[0].float() @ matrix[i].float())) for i in top]
+            return [(labels[i], _cosine(image, matrix, i)) for i in top]
         return [labels[i] for i in top]
+
+
+def _cosine(image: torch.Tensor, matrix: torch.Tensor, row: int) -> float:
+    """One label's score: what Analyze Image shows and what a result's terms carry, computed the same way."""
+    return float(image[0].float() @ matrix[row].float())
 
 
 def _approximate_top(image, matrix, k: int, chunk: int, reverse: bool) -> List[int]:

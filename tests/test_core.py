@@ -232,6 +232,38 @@ def test_modes_and_progress(clip, small_vocab, images, tmp_path):
         engine.interrogate(images[0], "sideways")
 
 
+def test_results_say_what_each_prompt_is_made_of(clip, small_vocab, images, tmp_path):
+    """Same prompts as interrogate; every chosen term named with its list, role and the score Analyze Image shows."""
+    from core import MODES
+
+    engine = Interrogator(clip, None, small_vocab, cache_dir=str(tmp_path))
+    analysis = engine.analyze(images[:2], top=1000)
+    for mode in MODES:
+        results = list(engine.interrogations(images[:2], mode, captions="a cat", max_terms=6))
+        assert [r.prompt for r in results] == engine.interrogate(images[:2], mode, captions="a cat", max_terms=6)
+        for result, analyzed in zip(results, analysis):
+            assert "".join(span.text for span in result.spans) == result.prompt and result.terms, mode
+            assert result.caption == ("a cat" if MODES[mode].captioned else "")
+            for term in result.terms:
+                assert term.role == small_vocab[term.list].role and term.label in small_vocab[term.list].labels
+                assert dict(analyzed[term.list])[term.label] == term.score, (mode, term)
+            plain = "".join(span.text for span in result.spans if span.term is None)
+            assert set(plain.replace(result.caption, "", 1)) <= {",", " "}, (mode, plain)
+
+
+def test_prompt_segments_into_caption_labels_and_separators():
+    from core.result import segment
+
+    labels = {"oil painting", "by Claude Monet", "highly detailed, 8k", "highly detailed", "art nouveau"}
+    prompt = "oil painting of a cat by Claude Monet, highly detailed, 8k, art nouveau, not a label"
+    pieces = segment(prompt, "oil painting of a cat", labels.__contains__)
+    assert pieces == [("oil painting of a cat ", False), ("by Claude Monet", True), (", ", False),
+                      ("highly detailed, 8k", True), (", ", False), ("art nouveau", True), (", not a label", False)]
+    assert segment("oil painting by Claude Monet", "", labels.__contains__) == [
+        ("oil painting", True), (" ", False), ("by Claude Monet", True)]
+    assert segment("", "", labels.__contains__) == [] and segment("a cat", "a cat", bool) == [("a cat", False)]
+
+
 def test_every_mode_is_one_row_with_its_method_and_the_cli_offers_it():
     from core import MODES
     from core.cli import _parser
