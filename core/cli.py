@@ -1,15 +1,17 @@
-"""Command line: ``python -m core interrogate IMAGE_OR_FOLDER... [options]``."""
+"""Command line: ``python -m core interrogate IMAGE_OR_FOLDER... [options]`` and
+``python -m core caption-folder FOLDER... [options]`` (exit status 3: some images could not be read)."""
 
 import argparse
 import csv
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
 from .caption import CAPTION_MODELS, DEFAULT_CAPTION_MODEL, load_captioner
 from .clip_model import DEFAULT_CLIP, PRESETS, load_clip
+from .dataset import JSONL_NAME, DatasetOptions, Summary, caption_dataset, default_jsonl, find_dataset
 from .errors import InterrogatorError
 from .images import find_images, open_image
 from .interrogator import Interrogator, Settings, caption_needed
@@ -32,6 +34,35 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("interrogate", help="write a prompt for each image")
     run.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders (walked)")
+    _engine_options(run)
+    run.add_argument("--caption", help="use this caption instead of running the caption model")
+    run.add_argument("--ban", action="append", default=[], metavar="TERM", help="a term that must never appear")
+    run.add_argument("--out", metavar="FILE", help="also write results to FILE.txt or FILE.csv")
+
+    folder = commands.add_parser("caption-folder", help="write name.txt beside each image of a dataset (resumable)")
+    folder.add_argument("inputs", nargs="+", metavar="FOLDER_OR_IMAGE", help="dataset folders or image files")
+    _engine_options(folder)
+    folder.add_argument("--recursive", action="store_true", help="caption images in subfolders too")
+    folder.add_argument("--output", metavar="DIR", help="write captions here, mirroring the folder tree "
+                                                        "(default: beside each image)")
+    folder.add_argument("--overwrite", action="store_true", help="replace existing caption files (default: skip "
+                                                                 "their images, which resumes a stopped run)")
+    folder.add_argument("--trigger", default="", metavar="WORD", help="written first in every caption")
+    folder.add_argument("--prefix", default="", help="written after the trigger word")
+    folder.add_argument("--suffix", default="", help="written last")
+    folder.add_argument("--exclude", "--ban", dest="ban", action="append", default=[], metavar="TERM",
+                        help="a word or phrase that must never appear, in any form")
+    folder.add_argument("--replace", action="append", default=[], type=_pair, metavar="OLD=NEW",
+                        help="replace a word or phrase (whole words, any case) in the caption and terms")
+    folder.add_argument("--no-artists", action="store_true", help="never name an artist")
+    folder.add_argument("--weighted", action="store_true", help="write (term:1.15) weights from the CLIP scores")
+    folder.add_argument("--jsonl", nargs="?", const="", metavar="FILE", help="also write every result to a JSONL "
+                        f"file (default FILE: {JSONL_NAME} in the output or first input folder)")
+    folder.add_argument("--batch-size", type=int, default=8, metavar="N", help="images captioned together")
+    return parser
+
+
+def _engine_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--mode", choices=list(MODES), default="best",
                      help="; ".join(f"{m.name}: {m.description}" for m in MODES.values()))
     run.add_argument("--clip", default=None, help=f"open_clip 'arch/pretrained' (default {DEFAULT_CLIP}; presets: "
@@ -40,23 +71,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--clip-config", metavar="JSON", help="open_clip model config for a custom architecture")
     run.add_argument("--caption-model", default=DEFAULT_CAPTION_MODEL,
                      help=f"{', '.join(CAPTION_MODELS)}, a local folder, or 'none'")
-    run.add_argument("--caption", help="use this caption instead of running the caption model")
     run.add_argument("--models-dir", default=os.environ.get("CLIP_INTERROGATOR_MODELS"),
                      help="folder searched first for models (env CLIP_INTERROGATOR_MODELS)")
     run.add_argument("--cache-dir", help="embedding cache folder (default <models-dir>/cache)")
     run.add_argument("--vocab", default="builtin", help="'builtin', 'reference' (installed clip-interrogator) or a folder")
     run.add_argument("--user-vocab", metavar="DIR", help="folder of extra term lists")
     run.add_argument("--no-list", action="append", default=[], metavar="NAME", help="switch a term list off")
-    run.add_argument("--ban", action="append", default=[], metavar="TERM", help="a term that must never appear")
     run.add_argument("--max-terms", "--max-flavors", dest="max_terms", type=int, default=None,
                      help="most terms to add (default: the mode's: " +
                           ", ".join(f"{m.name} {m.max_terms}" for m in MODES.values()) + ")")
     run.add_argument("--reference", action="store_true", help="reproduce clip-interrogator 0.6.0's quirks exactly")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto")
-    run.add_argument("--out", metavar="FILE", help="also write results to FILE.txt or FILE.csv")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
+
+
+def _pair(text: str) -> Tuple[str, str]:
+    old, sep, new = text.partition("=")
+    if not sep or not old.strip():
+        raise argparse.ArgumentTypeError(f"expected OLD=NEW, got {text!r}")
+    return old.strip(), new.strip()
 
 
 class _TqdmHook:
@@ -82,18 +116,26 @@ class _TqdmHook:
             self.bar.close()
             self.bar = None
 
+    def say(self, message: str) -> None:
+        """A line on stderr that leaves the progress bar whole."""
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
 
 def _vocabulary(args) -> Vocabulary:
     vocab = {"builtin": Vocabulary.builtin, "reference": Vocabulary.reference}.get(args.vocab)
     vocab = vocab() if vocab else Vocabulary.from_folder(args.vocab)
-    return vocab.with_user_lists(args.user_vocab).without(args.no_list).banning(args.ban)
+    vocab = vocab.with_user_lists(args.user_vocab).without(args.no_list).banning(args.ban)
+    return vocab.without(roles=["artist"]) if getattr(args, "no_artists", False) else vocab
 
 
 def build(args) -> Interrogator:
     device = default_device() if args.device == "auto" else args.device
     dtype = DTYPES.get(args.dtype) or (torch.float16 if device.startswith("cuda") else torch.float32)
     vocab = _vocabulary(args)
-    caption_name = args.caption_model if caption_needed(args.mode, args.caption) else "none"
+    caption_name = args.caption_model if caption_needed(args.mode, getattr(args, "caption", None)) else "none"
     captioner = load_captioner(caption_name, models_dir=args.models_dir, device=device, dtype=dtype)
     clip = load_clip(args.clip, weights=args.clip_weights, config=args.clip_config, models_dir=args.models_dir,
                      device=device, dtype=dtype)
@@ -132,10 +174,31 @@ def interrogate(args) -> int:
     return 0
 
 
+def caption_folder(args) -> int:
+    items = find_dataset(args.inputs, args.recursive)
+    if not items:
+        raise InterrogatorError(f"no images found in {', '.join(args.inputs)}" +
+                                ("" if args.recursive else " (add --recursive for subfolders)"))
+    jsonl = None if args.jsonl is None else (args.jsonl or default_jsonl(args.inputs, args.output))
+    options = DatasetOptions(mode=args.mode, max_terms=args.max_terms, trigger=args.trigger, prefix=args.prefix,
+                             suffix=args.suffix, exclude=tuple(args.ban), replace=tuple(args.replace),
+                             artists=not args.no_artists, weighted=args.weighted, overwrite=args.overwrite,
+                             output=args.output, jsonl=jsonl, batch_size=args.batch_size)
+    hook = _TqdmHook(not args.quiet)
+    engine = build(args)
+    summary = Summary()
+    try:
+        caption_dataset(engine, items, options, progress=hook, report=hook.say, summary=summary)
+    finally:
+        hook.close()
+        print(summary.text(), flush=True)
+    return 3 if summary.failed else 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return interrogate(args)
+        return {"interrogate": interrogate, "caption-folder": caption_folder}[args.command](args)
     except InterrogatorError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """Turn what users hand us (PIL images, ComfyUI IMAGE tensors, files) into a list of RGB PIL images."""
 
 import os
-from typing import Iterable, List, Union
+from typing import Iterable, Iterator, List, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -56,6 +56,16 @@ def open_image(path: Union[str, os.PathLike]) -> Image.Image:
             return _to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ImageError(f"cannot read image {path}: {error}. Is it a PNG/JPEG/WebP file?") from error
+
+
+def iter_images(paths: Iterable[Union[str, os.PathLike]]) -> Iterator[Tuple[str, Union[Image.Image, ImageError]]]:
+    """``(path, image)`` per file, opened one at a time as the caller asks; an unreadable file gives
+    ``(path, ImageError)`` instead, so one bad file in a folder stops nothing."""
+    for path in map(os.fspath, paths):
+        try:
+            yield path, open_image(path)
+        except ImageError as error:
+            yield path, error
 
 
 def as_pil_list(images) -> List[Image.Image]:
