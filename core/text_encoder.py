@@ -16,16 +16,23 @@ import torch.nn.functional as F
 from .progress import ProgressHook, Steps
 
 
+# Token ids are remembered for this many texts, twice over (see ``ids``): every label of a large vocabulary stays
+# remembered while in use, and the prompts of a long run (a dataset of 10,000 images) do not pile up.
+MEMO_SIZE = 1 << 15
+
+
 class TextEncoder:
-    def __init__(self, clip, batch_size: int = 512):
+    def __init__(self, clip, batch_size: int = 512, memo_size: int = MEMO_SIZE):
         self.clip = clip
         self.model = clip.model
         self.tokenizer = clip.tokenizer
         self.batch_size = batch_size
+        self.memo_size = memo_size
         self.context_length = int(getattr(self.tokenizer, "context_length", None) or self.model.context_length)
         self.fast = self._supports_fast_path()
         self.prefix_reuse = self.fast and self._supports_prefix_reuse()
         self._ids: Dict[str, List[int]] = {}
+        self._older_ids: Dict[str, List[int]] = {}
         if self.fast:
             self.sot, self.eot = self.tokenizer.sot_token_id, self.tokenizer.eot_token_id
 
@@ -47,10 +54,20 @@ class TextEncoder:
 
     # -- tokens --------------------------------------------------------------------------------------------------
     def ids(self, text: str) -> List[int]:
-        """BPE ids of a text, without start/end tokens (memoised: vocab terms are tokenised once)."""
+        """BPE ids of a text, without start/end tokens, memoised: vocab terms are tokenised once.
+
+        The memo has two generations: when the current one is full it becomes the older one (the previous older one
+        is dropped), and a text found in the older one moves back to the current one. So texts in use stay, at most
+        ``2 * memo_size`` are kept, and each lookup is O(1).
+        """
         ids = self._ids.get(text)
         if ids is None:
-            ids = self._ids[text] = self.tokenizer.encode(text)
+            ids = self._older_ids.pop(text, None)
+            if ids is None:
+                ids = self.tokenizer.encode(text)
+            if len(self._ids) >= self.memo_size:
+                self._older_ids, self._ids = self._ids, {}
+            self._ids[text] = ids
         return ids
 
     def sequence(self, ids: Sequence[int]) -> List[int]:

@@ -154,6 +154,20 @@ def test_prefix_and_term_tokenise_like_the_whole_prompt(clip):
             assert encoder.tokenizer.encode(f"{prefix}, {term}") == encoder.ids(prefix + ",") + encoder.ids(term)
 
 
+def test_token_memo_is_bounded_and_keeps_what_is_in_use(clip):
+    """A long run (10,000 images of a dataset) tokenises a new prompt per step: the memo must not grow with it."""
+    encoder = TextEncoder(clip, memo_size=100)
+    calls = []
+    encode = encoder.tokenizer.encode
+    encoder.tokenizer = type("Counting", (), {"encode": lambda self, t: calls.append(t) or encode(t),
+                                              "context_length": 77})()
+    for i in range(1000):
+        assert encoder.ids("cinematic") == encode("cinematic")  # in use throughout: tokenised once
+        assert encoder.ids(f"a prompt number {i}, cinematic") == encode(f"a prompt number {i}, cinematic")
+    assert len(encoder._ids) + len(encoder._older_ids) <= 200
+    assert calls.count("cinematic") == 1 and len(calls) == 1001
+
+
 def test_token_budget(clip):
     encoder = TextEncoder(clip)
     assert encoder.token_count("a cat") == 4
