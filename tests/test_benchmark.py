@@ -25,3 +25,13 @@ def test_benchmark_prints_a_table_of_identical_prompts(tmp_path):
                           "classic mode", "best mode", "negative mode"}
     for mode in ("fast mode", "classic mode", "best mode", "negative mode"):
         assert modes[mode].rstrip().endswith("| yes |"), modes[mode]
+
+
+def test_dataset_benchmark_prints_a_table_of_both_paths():
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "dataset.py"), "--images", "3", "--batch-size", "2",
+         "--threads", "1"], capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split(" | ")[0][2:] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows == ["path", "batch", "one at a time"]
+    assert result.stdout.rstrip().endswith("identical caption files: yes")
