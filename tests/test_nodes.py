@@ -408,18 +408,35 @@ def test_vocabulary_options(comfy, batch):
         assert not [t for t in terms[1:] if "photo" in t.split() or "painting" in t.split()]
 
 
-def test_ban_reaches_every_output_in_every_form(comfy, batch):
-    """"by" starts every artist label (style prompts always name one) and "contest winner" ends some site labels:
-    neither may appear in any node's output, the caption output included. (Every mode: tests/test_vocab.py.)"""
-    ban = importlib.import_module(f"{PACK}.core.ban").Ban(["by", "contest winner"])
-    handle = load(comfy, ban="by, contest winner")
-    prompts, captions = interrogate(comfy, handle, batch, mode="fast", caption="a man standing by a lake",
-                                    max_flavors=64)["result"]
-    assert captions == ["a man standing a lake"] * 3
-    style = node(comfy, "ClipInterrogatorStylePrompt").run(batch[:1], handle, 0)["result"][0]
+ARTIST = "Monir Shahroudy Farmanfarmaian"
+
+
+@pytest.mark.parametrize("ban, cut", [  # issue 8, bug 1's examples, and the caption they leave
+    (f"by {ARTIST}, contest winner", "a man standing by a lake, painted for a"),
+    ("by", f"a man standing a lake, painted {ARTIST} for a contest winner")])
+def test_ban_reaches_every_output_in_every_form(comfy, batch, ban, cut):
+    """Load Interrogator's ban, in every mode's node: "by" starts every artist label (style prompts always name
+    one), "contest winner" ends some site labels, and a caption may hold either. None may appear in any output, the
+    caption output included, nor in any label the engine scores."""
+    banned = importlib.import_module(f"{PACK}.core.ban").Ban([b.strip() for b in ban.split(",")])
+    runtime = comfy.runtime_module.runtime()
+    labels = lambda handle: [l for tl in runtime.vocabulary(handle).lists for l in tl.labels]
+    assert {f"by {ARTIST}", "shutterstock contest winner"} <= set(labels(load(comfy)))
+    handle = load(comfy, ban=ban)
+    assert not [label for label in labels(handle) if banned.hits(label)]
+    caption = f"a man standing by a lake, painted by {ARTIST} for a contest winner"
+    outputs = []
+    for mode in [m.name for m in importlib.import_module(f"{PACK}.core").MODES.values() if m.captioned]:
+        prompts, captions = interrogate(comfy, handle, batch[:1], mode=mode, caption=caption,
+                                        max_flavors=8 if mode == "best" else 64)["result"]
+        assert captions == [cut]
+        outputs += prompts + captions
+    style = node(comfy, "ClipInterrogatorStylePrompt").run(batch, handle, 0)["result"][0]
+    assert len(style) == 3
+    negative = node(comfy, "ClipInterrogatorNegativePrompt").run(batch[:1], handle, 64)["result"][0]
     analysis = node(comfy, "ClipInterrogatorAnalyze").run(batch[:1], handle, 50)["result"]
-    for text in prompts + captions + style + analysis[0] + analysis[1]:
-        assert not ban.hits(text), text
+    for text in outputs + style + negative + analysis[0] + analysis[1]:
+        assert text and not banned.hits(text), text
 
 
 def test_caption_folder_node(comfy, images, tmp_path):

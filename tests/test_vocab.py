@@ -195,3 +195,33 @@ def test_cli_ban_matches_every_form(models_dir, forms_vocab, images, tmp_path):
     ban = Ban(["contest winner", "by"])
     assert ban.hits(unbanned.stdout) and "shutterstock contest winner" in unbanned.stdout
     assert not ban.hits(banned.stdout) and banned.stdout.startswith("a cat sitting a window, ")
+
+
+BUG_BANS = ([f"by {ARTIST}", "contest winner"], ["by"])  # issue 8, bug 1: each left its form in prompts
+
+
+def test_cli_bans_hold_in_every_mode(models_dir, forms_vocab, images, tmp_path, capsys):
+    """Bug 1's exact examples through the command line's parsing, in every mode. In-process (a process per mode
+    and ban costs seconds each); test_cli_ban_matches_every_form runs the real process."""
+    from core.cli import main
+
+    image = tmp_path / "a.png"
+    images[0].save(image)
+    base = ["interrogate", str(image), "--max-terms", "32", "--vocab", forms_vocab.source, "--clip-weights",
+            os.path.join(models_dir, "tiny-clip.safetensors"), "--caption", "a woman by a pond",
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+
+    def prompts(bans):
+        found = {}
+        for mode in MODES:
+            assert main(base + ["--mode", mode] + [arg for ban in bans for arg in ("--ban", ban)]) == 0
+            found[mode] = capsys.readouterr().out.strip()
+        return found
+
+    unbanned = prompts([])
+    assert f"by {ARTIST}" in unbanned["style"] and "shutterstock contest winner" in unbanned["fast"]
+    for bans in BUG_BANS:
+        ban = Ban(bans)
+        assert [m for m in MODES if ban.hits(unbanned[m])] == [m for m in MODES if m != "negative"], bans
+        for mode, prompt in prompts(bans).items():
+            assert prompt and not ban.hits(prompt), (bans, mode, prompt)
