@@ -1,4 +1,4 @@
-"""End to end in a real ComfyUI: start its server with this pack installed, run a workflow, read the prompts back.
+"""End to end in a real ComfyUI: start its server with this pack installed, run workflows, read the results back.
 
 Runs when ``COMFYUI_DIR`` points to a ComfyUI checkout whose requirements are importable by this Python (or by
 ``COMFYUI_PYTHON``). The server runs on the CPU, listens on 127.0.0.1 only, in a throw-away base directory with
@@ -140,9 +140,28 @@ def _check_example_workflow(path, object_info):
                 assert options.get("min", value) <= value <= options.get("max", value), where
 
 
-def test_workflow_with_every_node_in_comfyui(tmp_path):
+class Server:
+    """A running ComfyUI: where it answers and the files it was started with."""
+
+    def __init__(self, base, proc, log_path, base_dir, names):
+        self.base, self.proc, self.log_path, self.base_dir, self.names = base, proc, log_path, base_dir, names
+        self.models = base_dir / "models" / "clip_interrogator"
+
+    def run(self, graph):
+        """Queue ``graph`` and wait for its history entry."""
+        queued = _request(f"{self.base}/prompt", {"prompt": graph, "client_id": "e2e-test"})
+        return _wait_for_history(self.base, queued["prompt_id"], self.proc, self.log_path)
+
+    def log(self, n=1000):
+        return _tail(self.log_path, n)
+
+
+@pytest.fixture(scope="module")
+def comfyui(tmp_path_factory):
+    """One headless ComfyUI for this file's tests (starting one takes most of their time), always stopped."""
     from tests.tiny_models import sample_images, write_tiny_blip, write_tiny_clip
 
+    tmp_path = tmp_path_factory.mktemp("e2e")
     base_dir = tmp_path / "comfy"
     models = base_dir / "models" / "clip_interrogator"
     os.makedirs(base_dir / "custom_nodes")
@@ -166,57 +185,8 @@ def test_workflow_with_every_node_in_comfyui(tmp_path):
                                 cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     try:
-        info = _wait_for_server(base, proc, log_path)
-        node_info = info["ClipInterrogatorInterrogate"]
-        assert node_info["output"] == ["STRING", "STRING"] and node_info["output_is_list"] == [True, True]
-        load_info = _request(f"{base}/object_info/ClipInterrogatorLoad")["ClipInterrogatorLoad"]
-        assert "tiny-clip.safetensors" in load_info["input"]["required"]["clip_model"][0]
-
-        # the example workflows match this ComfyUI's node definitions (what its frontend loads them against)
-        object_info = _request(f"{base}/object_info", timeout=60)
-        examples = os.path.join(ROOT, "example_workflows")
-        for name in sorted(os.listdir(examples)):
-            if name.endswith(".json"):
-                _check_example_workflow(os.path.join(examples, name), object_info)
-
-        queued = _request(f"{base}/prompt", {"prompt": _workflow(names), "client_id": "e2e-test"})
-        result = _wait_for_history(base, queued["prompt_id"], proc, log_path)
-        assert result["status"]["status_str"] == "success", json.dumps(result["status"], indent=1)
-        outputs = result["outputs"]
-        prompts = outputs["21"]["text"]
-        assert len(prompts) == 3 and all(prompts) and len(set(prompts)) == 3
-        for node_id in ("22", "23", "24"):
-            assert len(outputs[node_id]["text"]) == 3 and all(outputs[node_id]["text"])
-
-        # the same prompts as the engine writes for these images, run here directly
-        from PIL import Image
-
-        from core import Interrogator, Vocabulary, load_captioner, load_clip
-
-        clip = load_clip(weights=str(models / "tiny-clip.safetensors"))
-        captioner = load_captioner("blip-large", models_dir=str(models))
-        images = [Image.open(base_dir / "input" / name).convert("RGB") for name in names]
-        assert Interrogator(clip, captioner, Vocabulary.builtin()).interrogate(images, "fast") == prompts
-        assert os.listdir(models / "cache")  # embedding caches live under models/clip_interrogator/cache
-
-        released = lambda: _tail(log_path, 1000).count("CLIP Interrogator: released")
-        assert released() == 0  # nothing was evicted while the workflow ran
-        _request(f"{base}/free", {"unload_models": True, "free_memory": True})
-        deadline = time.time() + 30
-        while released() < 2 and time.time() < deadline:
-            time.sleep(0.5)
-        assert released() == 2, _tail(log_path)  # CLIP and the caption model, with CLIP's label matrices
-
-        # after /free the models come back on next use
-        loads = _tail(log_path, 1000).count("Requested to load _Holder")
-        graph = _workflow(names)
-        graph["21"]["inputs"]["max_flavors"] = 3  # a changed input, so ComfyUI runs the node again
-        queued = _request(f"{base}/prompt", {"prompt": graph, "client_id": "e2e-test"})
-        again = _wait_for_history(base, queued["prompt_id"], proc, log_path)
-        assert again["status"]["status_str"] == "success"
-        shorter = again["outputs"]["21"]["text"]
-        assert len(shorter) == 3 and all(p.startswith(s) and p != s for p, s in zip(prompts, shorter))
-        assert _tail(log_path, 1000).count("Requested to load _Holder") > loads
+        _wait_for_server(base, proc, log_path)
+        yield Server(base, proc, log_path, base_dir, names)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -226,3 +196,107 @@ def test_workflow_with_every_node_in_comfyui(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         shutil.copy(log_path, os.environ["COMFYUI_E2E_LOG"]) if os.environ.get("COMFYUI_E2E_LOG") else None
+
+
+@pytest.fixture(scope="module")
+def engine(comfyui):
+    """The engine the nodes build from Load Interrogator's defaults, run here directly."""
+    from core import Interrogator, Vocabulary, load_captioner, load_clip
+
+    clip = load_clip(weights=str(comfyui.models / "tiny-clip.safetensors"))
+    return Interrogator(clip, load_captioner("blip-large", models_dir=str(comfyui.models)), Vocabulary.builtin())
+
+
+def test_workflow_with_every_node_in_comfyui(comfyui, engine):
+    base, names, models = comfyui.base, comfyui.names, comfyui.models
+    info = _request(f"{base}/object_info/ClipInterrogatorInterrogate")
+    node_info = info["ClipInterrogatorInterrogate"]
+    assert node_info["output"] == ["STRING", "STRING"] and node_info["output_is_list"] == [True, True]
+    load_info = _request(f"{base}/object_info/ClipInterrogatorLoad")["ClipInterrogatorLoad"]
+    assert "tiny-clip.safetensors" in load_info["input"]["required"]["clip_model"][0]
+
+    # the example workflows match this ComfyUI's node definitions (what its frontend loads them against)
+    object_info = _request(f"{base}/object_info", timeout=60)
+    examples = os.path.join(ROOT, "example_workflows")
+    for name in sorted(os.listdir(examples)):
+        if name.endswith(".json"):
+            _check_example_workflow(os.path.join(examples, name), object_info)
+
+    result = comfyui.run(_workflow(names))
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"], indent=1)
+    outputs = result["outputs"]
+    prompts = outputs["21"]["text"]
+    assert len(prompts) == 3 and all(prompts) and len(set(prompts)) == 3
+    for node_id in ("22", "23", "24"):
+        assert len(outputs[node_id]["text"]) == 3 and all(outputs[node_id]["text"])
+
+    # the same prompts as the engine writes for these images, run here directly
+    from PIL import Image
+
+    images = [Image.open(comfyui.base_dir / "input" / name).convert("RGB") for name in names]
+    assert os.listdir(models / "cache")  # embedding caches live under models/clip_interrogator/cache
+    assert engine.interrogate(images, "fast") == prompts
+
+    released = lambda: comfyui.log().count("CLIP Interrogator: released")
+    assert released() == 0  # nothing was evicted while the workflow ran
+    _request(f"{base}/free", {"unload_models": True, "free_memory": True})
+    deadline = time.time() + 30
+    while released() < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert released() == 2, comfyui.log(60)  # CLIP and the caption model, with CLIP's label matrices
+
+    # after /free the models come back on next use
+    loads = comfyui.log().count("Requested to load _Holder")
+    graph = _workflow(names)
+    graph["21"]["inputs"]["max_flavors"] = 3  # a changed input, so ComfyUI runs the node again
+    again = comfyui.run(graph)
+    assert again["status"]["status_str"] == "success"
+    shorter = again["outputs"]["21"]["text"]
+    assert len(shorter) == 3 and all(p.startswith(s) and p != s for p, s in zip(prompts, shorter))
+    assert comfyui.log().count("Requested to load _Holder") > loads
+
+
+def test_caption_folder_in_comfyui(comfyui, engine, tmp_path):
+    """Load Interrogator -> Caption Folder on a folder with a corrupt image and a caption file of the user's: the
+    caption files on disk, the summary on the node; then a folder that does not exist is a one-line node error."""
+    from core.dataset import read_jsonl
+    from core.images import open_image
+    from tests.tiny_models import sample_images
+
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    for i, image in enumerate(sample_images()):
+        image.resize((64, 64)).save(folder / f"img{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (folder / "img1.txt").write_text("my own caption\n", encoding="utf-8")
+    graph = {"1": _workflow(comfyui.names)["20"],
+             "2": {"class_type": "ClipInterrogatorCaptionFolder", "inputs": {
+                 "folder": str(folder), "interrogator": ["1", 0], "mode": "fast", "max_flavors": 6,
+                 "trigger_word": "ohwx", "jsonl": True}}}
+
+    result = comfyui.run(graph)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"], indent=1)
+    summary, = result["outputs"]["2"]["text"]
+    lines = summary.splitlines()
+    assert lines[0] == "2 captioned, 1 skipped (caption file exists), 1 failed"
+    assert len(lines) == 2 and str(folder / "broken.jpg") in lines[1]
+    assert sorted(os.listdir(folder)) == ["broken.jpg", "captions.jsonl", "img0.png", "img0.txt", "img1.png",
+                                          "img1.txt", "img2.png", "img2.txt"]  # no temp file left
+    assert (folder / "img1.txt").read_text(encoding="utf-8") == "my own caption\n"
+    for name in ("img0", "img2"):
+        prompt = engine.interrogate(open_image(str(folder / f"{name}.png")), "fast", max_terms=6)[0]
+        assert (folder / f"{name}.txt").read_text(encoding="utf-8") == f"ohwx, {prompt}\n"
+    assert {image: r["text"] for image, r in read_jsonl(str(folder / "captions.jsonl")).items()} == {
+        f"{name}.png": (folder / f"{name}.txt").read_text(encoding="utf-8")[:-1] for name in ("img0", "img2")}
+
+    again = comfyui.run(graph)  # the node always runs: everything is skipped now
+    assert again["outputs"]["2"]["text"][0] == "0 captioned, 3 skipped (caption file exists), 1 failed\n" + lines[1]
+
+    nowhere = tmp_path / "nowhere"
+    graph["2"]["inputs"]["folder"] = str(nowhere)
+    failed = comfyui.run(graph)
+    assert failed["status"]["status_str"] == "error"
+    errors = [data for event, data in failed["status"]["messages"] if event == "execution_error"]
+    assert [e["node_type"] for e in errors] == ["ClipInterrogatorCaptionFolder"]
+    assert errors[0]["exception_message"].strip() == (
+        f"CLIP Interrogator: the folder {nowhere} does not exist; give the full path of the dataset folder.")
