@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 from core import Interrogator, Vocabulary, load_captioner, load_clip  # noqa: E402
 from core.dataset import DatasetOptions, caption_dataset, find_dataset, write_caption  # noqa: E402
 from core.images import open_image  # noqa: E402
-from tests.tiny_models import write_tiny_blip, write_tiny_clip  # noqa: E402
+from tests.tiny_models import write_random_clip, write_tiny_blip, write_tiny_clip  # noqa: E402
 
 PATHS = ("batch", "one at a time")
 
@@ -50,17 +50,8 @@ def write_models(folder: str, arch: str) -> str:
     if arch == "tiny":
         return write_tiny_clip(folder)
     import open_clip
-    import torch
-    from safetensors.torch import save_file
 
-    torch.manual_seed(0)
-    config = open_clip.get_model_config(arch)
-    model = open_clip.CLIP(**config)
-    path = os.path.join(folder, f"random-{arch}.safetensors")
-    save_file(model.state_dict(), path)
-    with open(os.path.join(folder, f"random-{arch}.json"), "w") as file:
-        json.dump(config, file)
-    return path
+    return write_random_clip(folder, open_clip.get_model_config(arch), f"random-{arch}")
 
 
 def write_images(folder: str, count: int) -> None:
