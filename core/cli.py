@@ -4,6 +4,7 @@
 import argparse
 import csv
 import os
+import signal
 import sys
 from typing import List, Optional, Tuple
 
@@ -124,6 +125,36 @@ class _TqdmHook:
             print(message, file=sys.stderr, flush=True)
 
 
+class _StopAfterImage:
+    """Ctrl-C while captioning a folder: the first lets the image in flight finish, then stops (the progress hook
+    raises after each image); a second stops at once. Only the main thread can take signals; elsewhere Ctrl-C keeps
+    its default."""
+
+    def __init__(self, say):
+        self.say, self.asked, self._previous = say, False, None
+
+    def __enter__(self) -> "_StopAfterImage":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._interrupted)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _interrupted(self, signum, frame) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        self.say("stopping after the current image (Ctrl-C again to stop now)")
+
+    def check(self) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+
+
 def _vocabulary(args) -> Vocabulary:
     vocab = {"builtin": Vocabulary.builtin, "reference": Vocabulary.reference}.get(args.vocab)
     vocab = vocab() if vocab else Vocabulary.from_folder(args.vocab)
@@ -188,7 +219,13 @@ def caption_folder(args) -> int:
     engine = build(args)
     summary = Summary()
     try:
-        caption_dataset(engine, items, options, progress=hook, report=hook.say, summary=summary)
+        with _StopAfterImage(hook.say) as stop:
+
+            def progress(done: int, total: int, desc: str) -> None:
+                hook(done, total, desc)
+                stop.check()
+
+            caption_dataset(engine, items, options, progress=progress, report=hook.say, summary=summary)
     finally:
         hook.close()
         print(summary.text(), flush=True)

@@ -348,3 +348,32 @@ def test_cli_bad_folder_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "core", "caption-folder", str(tmp_path), "--quiet"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 2 and "add --recursive" in result.stderr
+
+
+@pytest.mark.parametrize("presses, written", [(1, ["0.txt"]), (2, [])])
+def test_cli_ctrl_c_finishes_the_image_in_flight_then_stops(models_dir, vocab_dir, tmp_path, monkeypatch, capsys,
+                                                            presses, written):
+    """One Ctrl-C while the first image is being finished: it is written, no other is begun. Two: stop at once."""
+    from core import cli, dataset
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (16, 16), (60 * i, 0, 0)).save(folder / f"{i}.png")
+    write = dataset.write_caption
+
+    def pressed(path, text, overwrite):
+        for _ in range(presses):
+            os.kill(os.getpid(), signal.SIGINT)
+        return write(path, text, overwrite)
+
+    monkeypatch.setattr(dataset, "write_caption", pressed)
+    argv = ["caption-folder", str(folder), "--mode", "fast", "--caption-model", "none", "--vocab", vocab_dir,
+            "--clip-weights", os.path.join(models_dir, "tiny-clip.safetensors"), "--cache-dir",
+            str(tmp_path / "cache"), "--quiet"]
+    assert cli.main(argv) == 130
+    assert sorted(n for n in os.listdir(folder) if not n.endswith(".png")) == written  # no temp file either
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"{len(written)} captioned, 0 skipped (caption file exists), 0 failed"]
+    assert "stopping after the current image" in err and err.rstrip().endswith("cancelled")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is the default again
