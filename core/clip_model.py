@@ -4,11 +4,13 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
 from .errors import ModelLoadError, ModelNotFoundError
+from .parallel import single_pass
+from .tensors import safetensors_file, sidecar_json
 
 PRESETS = {
     "ViT-L-14/openai": "Stable Diffusion 1.x",
@@ -29,11 +31,14 @@ class ClipModel:
     tokenizer: Callable
     name: str
     key: str = field(default="")  # identifies these exact weights in embedding cache files
+    description: str = ""  # which weights these are, for users (defaults to the name)
+    notes: Tuple[str, ...] = ()  # warnings users should see next to the description
 
     def __post_init__(self):
         self.model.eval().requires_grad_(False)
         if not self.key:
             self.key = weights_fingerprint(self.model, self.name)
+        self.description = self.description or self.name
 
     @property
     def device(self) -> torch.device:
@@ -54,7 +59,8 @@ class ClipModel:
         rows = []
         for image in images:
             pixels = self.preprocess(image).unsqueeze(0).to(self.device, self.dtype)
-            features = self.model.encode_image(pixels).float()
+            with single_pass(self.device):
+                features = self.model.encode_image(pixels).float()
             rows.append(features / features.norm(dim=-1, keepdim=True))
         return torch.cat(rows)
 
@@ -148,20 +154,15 @@ def _load_pretrained(name: str, local: Optional[str], device, dtype) -> ClipMode
 def _load_file(path: str, name: Optional[str], config: Optional[str], device, dtype) -> ClipModel:
     import open_clip
 
-    if not os.path.isfile(path):
-        raise ModelNotFoundError(f"CLIP weights file not found: {path}")
-    if not path.endswith(".safetensors"):
-        raise ModelLoadError(f"{path}: only .safetensors CLIP weights are loaded (pickled checkpoints can run code); "
-                             f"convert it with safetensors first.")
-    sidecar = os.path.splitext(path)[0] + ".json"
-    config = config or (sidecar if os.path.isfile(sidecar) else None)
+    safetensors_file(path, "CLIP weights")
+    config = config or sidecar_json(path)
     label = os.path.basename(path)
     if config:
         return _load_custom(path, config, label, device, dtype)
     arch, tag = split_name(name) if name else _arch_for_file(path)
     if not arch:
         raise ModelLoadError(f"cannot tell the architecture of {path}: name it like ViT-L-14-openai.safetensors, "
-                             f"put a model config at {sidecar}, or pass the architecture name.")
+                             f"put a model config at {os.path.splitext(path)[0]}.json, or pass the architecture name.")
     tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(

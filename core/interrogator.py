@@ -10,12 +10,14 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .embeddings import EmbeddingCache, LabelIndex
+from .encoder_prompts import CAPTION_TOKENS, PromptParts
 from .errors import InterrogatorError
 from .images import as_pil_list
 from .modes import get_mode
 from .progress import ProgressHook, Steps
 from .result import Interrogation, Span, Term, segment
 from .text_encoder import TextEncoder
+from .token_count import shorten
 from .vocab import Vocabulary
 
 
@@ -30,10 +32,14 @@ class Settings:
     fix_negative_sign: bool = True
     # Ours (None): exact top-k. Reference: ranks tables longer than its chunk_size (2048) approximately, per chunk.
     approx_topk_chunk: Optional[int] = None
+    # Ours: a caption longer than this many CLIP tokens is cut at a phrase or word boundary, so terms still fit.
+    # Reference (None): a long caption fills the whole context and the prompt gets no terms.
+    caption_tokens: Optional[int] = CAPTION_TOKENS
 
     @classmethod
     def reference(cls, **overrides) -> "Settings":
-        return replace(cls(fit_token_budget=False, fix_negative_sign=False, approx_topk_chunk=2048), **overrides)
+        return replace(cls(fit_token_budget=False, fix_negative_sign=False, approx_topk_chunk=2048,
+                           caption_tokens=None), **overrides)
 
 
 Captions = Union[None, str, Sequence[Optional[str]]]
@@ -105,18 +111,39 @@ class Interrogator:
                     captioner=None, progress: Optional[ProgressHook] = None) -> List[str]:
         """One prompt per image. ``captions`` and ``captioner``: see ``captions``; ``max_terms``: the most terms
         added (default: the mode's)."""
-        return [prompt for prompt, _, _ in self._interrogate(images, mode, captions, max_terms, captioner, progress)]
+        return [prompt for prompt, *_ in self._interrogate(images, mode, captions, max_terms, captioner, progress)]
 
     def interrogations(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
                        captioner=None, progress: Optional[ProgressHook] = None) -> Iterator[Interrogation]:
-        """``interrogate``'s prompts with what each is made of: the caption and every chosen term with its list,
-        role and CLIP score (see :mod:`.result`). Yielded one image at a time as each is done; captions and image
-        features of all ``images`` are computed first, in batches."""
-        for prompt, caption, features in self._interrogate(images, mode, captions, max_terms, captioner, progress):
-            yield Interrogation(prompt, caption, mode, self._spans(features, prompt, caption))
+        """``interrogate``'s prompts with what each is made of: the caption the prompt starts with and every chosen
+        term with its list, role and CLIP score (see :mod:`.result`). Yielded one image at a time as each is done;
+        captions and image features of all ``images`` are computed first, in batches."""
+        for prompt, _, clip_caption, features in self._interrogate(images, mode, captions, max_terms, captioner,
+                                                                    progress):
+            yield Interrogation(prompt, clip_caption, mode, self._spans(features, prompt, clip_caption))
 
-    def _interrogate(self, images, mode, captions, max_terms, captioner, progress) -> Iterator[Tuple[str, str, object]]:
-        """(prompt, caption, image features) per image."""
+    def prompt_parts(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
+                     captioner=None, progress: Optional[ProgressHook] = None) -> List[PromptParts]:
+        """Per image, the prompt ``interrogate`` gives split into its caption part and its ranked terms, with the
+        whole caption: what :mod:`.encoder_prompts` writes each text encoder's prompt from."""
+        parts = []
+        for prompt, caption, clip_caption, _ in self._interrogate(images, mode, captions, max_terms, captioner,
+                                                                  progress):
+            head, terms = split_prompt(prompt, clip_caption)
+            parts.append(PromptParts(caption, head, terms, prompt=prompt))
+        return parts
+
+    def _clip_caption(self, caption: str) -> str:
+        """The caption as the prompt starts with it: cut to the caption budget (see ``Settings.caption_tokens``)."""
+        budget = self.settings.caption_tokens
+        if not caption or budget is None:
+            return caption
+        return shorten(caption, lambda text: self.encoder.token_count(text) <= budget)
+
+    def _interrogate(self, images, mode, captions, max_terms, captioner, progress
+                     ) -> Iterator[Tuple[str, str, str, object]]:
+        """(prompt, whole caption, the caption as the prompt starts with it, image features) per image, as each is
+        done."""
         spec = get_mode(mode)
         if max_terms is not None and (isinstance(max_terms, bool) or not isinstance(max_terms, int) or max_terms < 0):
             raise InterrogatorError(f"max_terms must be a whole number >= 0 (0: the mode's default of "
@@ -129,10 +156,11 @@ class Interrogator:
         max_terms = max_terms or spec.max_terms
         steps = Steps(progress if len(images) > 1 else None, len(images), f"Interrogating ({mode})")
         for i in range(len(images)):
+            clip_caption = self._clip_caption(texts[i])
             # banned labels were never scored; this catches a banned phrase formed where a mode joins two texts
-            prompt = self.vocab.ban.scrub(run(features[i:i + 1], texts[i], max_terms, progress))
+            prompt = self.vocab.ban.scrub(run(features[i:i + 1], clip_caption, max_terms, progress))
             steps.advance()
-            yield prompt, texts[i], features[i:i + 1]
+            yield prompt, texts[i], clip_caption, features[i:i + 1]
 
     def analyze(self, images, top: int = 5, progress: Optional[ProgressHook] = None
                 ) -> List[Dict[str, List[Tuple[str, float]]]]:
@@ -327,6 +355,17 @@ class Interrogator:
 def _cosine(image: torch.Tensor, matrix: torch.Tensor, row: int) -> float:
     """One label's score: what Analyze Image shows and what a result's terms carry, computed the same way."""
     return float(image[0].float() @ matrix[row].float())
+
+
+def split_prompt(prompt: str, caption: str) -> Tuple[str, Tuple[str, ...]]:
+    """(caption part, terms) of a prompt that starts with ``caption``; classic mode may glue "by <artist>" to the
+    caption with a space, which stays in the caption part."""
+    rest = prompt
+    head = ""
+    if caption and prompt.startswith(caption):
+        glued, _, rest = prompt[len(caption):].partition(", ")
+        head = caption + glued
+    return head, tuple(term for term in rest.split(", ") if term)
 
 
 def _approximate_top(image, matrix, k: int, chunk: int, reverse: bool) -> List[int]:

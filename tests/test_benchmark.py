@@ -4,6 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import pytest
 
 from tests.tiny_models import TINY_CLIP_CONFIG
 
@@ -35,3 +38,28 @@ def test_dataset_benchmark_prints_a_table_of_both_paths():
     rows = [line.split(" | ")[0][2:] for line in result.stdout.splitlines() if line.startswith("| ")]
     assert rows == ["path", "batch", "one at a time"]
     assert result.stdout.rstrip().endswith("identical caption files: yes")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process state from /proc")
+def test_contention_runs_lowest_priority_spinners_and_always_stops_them():
+    from bench.benchmark import competing_load
+
+    with pytest.raises(KeyboardInterrupt):
+        with competing_load(2) as pids:
+            assert len(pids) == 2
+            deadline = time.monotonic() + 30
+            while any(os.getpriority(os.PRIO_PROCESS, p) != 19 for p in pids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [os.getpriority(os.PRIO_PROCESS, p) for p in pids] == [19, 19]
+            assert os.getsid(0) not in {os.getsid(p) for p in pids}  # they compete like other programs
+            assert all(_alive(p) for p in pids)
+            raise KeyboardInterrupt  # a Ctrl-C mid-run
+    assert not any(_alive(p) for p in pids)
