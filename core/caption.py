@@ -1,12 +1,14 @@
 """Caption models (BLIP, BLIP-2, GIT through transformers): describe the image's content in words."""
 
-import json
 import os
 from typing import List, Optional
 
 import torch
 
-from .errors import ModelLoadError, ModelNotFoundError
+from . import hub
+from .devices import parse_device
+from .errors import ModelLoadError, ModelNotFoundError, first_line, out_of_memory
+from .files import check_safetensors, get, read_json
 from .progress import ProgressHook, Steps
 
 CAPTION_MODELS = {
@@ -79,13 +81,16 @@ def _model_class(source: str, name: str):
 
 def _model_type(source: str) -> Optional[str]:
     config = os.path.join(source, "config.json")
-    if not os.path.isfile(config):
+    if not os.path.isdir(source):
         return None
-    try:
-        with open(config, "r", encoding="utf-8") as file:
-            return json.load(file).get("model_type")
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot read {config}: {error}") from None
+    if not os.path.isfile(config):
+        raise ModelLoadError(f"caption model folder {source} has no config.json; copy every file of the model's "
+                             f"Hugging Face repository (config.json, model.safetensors, preprocessor and tokenizer "
+                             f"files) into it.")
+    raw = read_json(config, ModelLoadError, "a transformers model config (the config.json of the model's repo)")
+    for key in ("text_config", "vision_config", "qformer_config"):
+        get(raw, key, dict, config, ModelLoadError, default=None)
+    return get(raw, "model_type", str, config, ModelLoadError, default=None)
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict:
@@ -105,6 +110,9 @@ def load_captioner(name: Optional[str] = DEFAULT_CAPTION_MODEL, *, models_dir: O
     """
     if not name or name == NO_CAPTION:
         return None
+    if not isinstance(name, str):
+        raise ModelNotFoundError(f"a caption model is a name or a folder, not {type(name).__name__}.")
+    device = parse_device(device)
     if os.path.isdir(name):
         source = name
     elif name in CAPTION_MODELS or "/" in name:
@@ -114,18 +122,49 @@ def load_captioner(name: Optional[str] = DEFAULT_CAPTION_MODEL, *, models_dir: O
         raise ModelNotFoundError(f"unknown caption model {name!r}; use one of {', '.join(CAPTION_MODELS)}, "
                                  f"'{NO_CAPTION}', a Hugging Face id or a local folder.")
     model_class = _model_class(source, name)
+    model_dtype = torch.float32 if model_class.__name__ == "AutoModelForCausalLM" else dtype
+    if os.path.isdir(source):
+        model, processor = _from_folder(model_class, source, model_dtype)
+    else:
+        model, processor = _from_hub(model_class, source, model_dtype, name, models_dir)
+    return Captioner(model.to(device), processor, os.path.basename(os.path.normpath(name)), max_new_tokens)
+
+
+def _load(model_class, source: str, dtype: torch.dtype, **options):
+    """Model and processor; safetensors weights only (``use_safetensors``: a pickled-only model is refused)."""
     from transformers import AutoProcessor
 
-    model_dtype = torch.float32 if model_class.__name__ == "AutoModelForCausalLM" else dtype
+    model = model_class.from_pretrained(source, use_safetensors=True, **_dtype_kwarg(dtype), **options)
+    return model, AutoProcessor.from_pretrained(source, **options)
+
+
+def _from_folder(model_class, folder: str, dtype: torch.dtype):
+    for weights in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
+        check_safetensors(os.path.join(folder, weights), ModelLoadError)
     try:
-        model = model_class.from_pretrained(source, **_dtype_kwarg(model_dtype))
-        processor = AutoProcessor.from_pretrained(source)
-    except OSError as error:
-        if os.path.isdir(source):
-            raise ModelLoadError(f"caption model folder {source} is incomplete or damaged: {error}") from error
-        folder = caption_model_folder(name, models_dir) or f"<models>/{source.split('/')[-1]}"
-        raise ModelNotFoundError(
-            f"caption model {name} ({source}) is not in {folder} and could not be downloaded. Put the files of "
-            f"https://huggingface.co/{source} (config.json, model.safetensors, preprocessor and tokenizer files) "
-            f"in {folder}, allow downloads (unset HF_HUB_OFFLINE), or use caption model '{NO_CAPTION}'.") from error
-    return Captioner(model.to(device), processor, os.path.basename(os.path.normpath(name)), max_new_tokens)
+        return _load(model_class, folder, dtype)
+    except Exception as error:  # transformers reports a bad folder with many types (OSError, ValueError, ...)
+        if out_of_memory(error):
+            raise
+        raise ModelLoadError(f"caption model folder {folder} is incomplete or damaged: {first_line(error)}") \
+            from error
+
+
+def _from_hub(model_class, repo: str, dtype: torch.dtype, name: str, models_dir: Optional[str]):
+    """From the Hugging Face cache when it has the model (no network), else downloaded if the hub answers at once."""
+    if hub.cached_file(repo, "config.json"):
+        try:
+            return _load(model_class, repo, dtype, local_files_only=True)
+        except OSError:
+            pass  # only part of it is cached: download the rest
+    reason = hub.unreachable()
+    if reason is None:
+        try:
+            return _load(model_class, repo, dtype)
+        except OSError as error:
+            reason = first_line(error)
+    folder = caption_model_folder(name, models_dir) or f"<models>/{repo.split('/')[-1]}"
+    raise ModelNotFoundError(
+        f"caption model {name} ({repo}) is not in {folder} and could not be downloaded ({reason}). Put the files "
+        f"of https://huggingface.co/{repo} (config.json, model.safetensors, preprocessor and tokenizer files) in "
+        f"{folder}, allow downloads (unset HF_HUB_OFFLINE), or use caption model '{NO_CAPTION}'.")
