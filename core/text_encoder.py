@@ -6,14 +6,36 @@ CLIP's text tower is causal and pools at the end-of-text token, so
 - sequences that share a prefix (every candidate of a chain step is ``"{prompt}, {term}"``) can run the prefix
   once and reuse its attention keys and values, computing only each candidate's few own tokens.
 Both equal ``model.encode_text`` up to float rounding (tests hold them to that).
+
+Long work takes a ``poll`` callable, called between batches and transformer blocks: it is how a cancel reaches
+the middle of a chain step (see :meth:`.progress.Steps.tick`).
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .progress import ProgressHook, Steps
+
+# Tokeniser input is cut to this many characters (after collapsing whitespace runs, which it ignores anyway): CLIP
+# reads 77 tokens, about 350 characters of English, and byte-pair encoding one giant word takes time quadratic
+# in its length (minutes for 128 KB).
+MAX_TEXT_CHARS = 1000
+Poll = Optional[Callable[[], None]]
+
+
+def bounded(text: str) -> str:
+    """``text`` as the tokenizer gets it: at most MAX_TEXT_CHARS characters, with a warning when cut."""
+    if len(text) <= MAX_TEXT_CHARS:
+        return text
+    squeezed = " ".join(text.split())
+    if len(squeezed) > MAX_TEXT_CHARS:
+        warnings.warn(f"a text of {len(text):,} characters was cut to its first {MAX_TEXT_CHARS} before tokenizing "
+                      f"(CLIP reads at most 77 tokens): {squeezed[:40]!r}...")
+        squeezed = squeezed[:MAX_TEXT_CHARS]
+    return squeezed
 
 
 class TextEncoder:
@@ -50,7 +72,7 @@ class TextEncoder:
         """BPE ids of a text, without start/end tokens (memoised: vocab terms are tokenised once)."""
         ids = self._ids.get(text)
         if ids is None:
-            ids = self._ids[text] = self.tokenizer.encode(text)
+            ids = self._ids[text] = self.tokenizer.encode(bounded(text))
         return ids
 
     def sequence(self, ids: Sequence[int]) -> List[int]:
@@ -65,7 +87,7 @@ class TextEncoder:
         """Tokens the text needs including start and end (may exceed the context length)."""
         if self.fast:
             return len(self.ids(text)) + 2
-        tokens = self.tokenizer([text])[0]
+        tokens = self.tokenizer([bounded(text)])[0]
         return self.context_length + 1 if int(tokens[-1]) != 0 else int((tokens != 0).sum())
 
     def at_max_length(self, text: str) -> bool:
@@ -77,38 +99,41 @@ class TextEncoder:
 
     # -- features ------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], hook: Optional[ProgressHook] = None, desc: str = "") -> torch.Tensor:
+    def encode(self, texts: Sequence[str], hook: Optional[ProgressHook] = None, desc: str = "",
+               poll: Poll = None) -> torch.Tensor:
         """Unit-length float32 text features, one row per text."""
         if self.fast:
-            return self.encode_sequences([self.sequence(self.ids(t)) for t in texts], hook, desc)
-        return self._encode_reference_path(texts, hook, desc)
+            return self.encode_sequences([self.sequence(self.ids(t)) for t in texts], hook, desc, poll)
+        return self._encode_reference_path(texts, hook, desc, poll)
 
     @torch.no_grad()
     def encode_sequences(self, sequences: Sequence[Sequence[int]], hook: Optional[ProgressHook] = None,
-                         desc: str = "") -> torch.Tensor:
+                         desc: str = "", poll: Poll = None) -> torch.Tensor:
         """Features of full token sequences (start ... end), batched by length."""
         device = self.clip.device
         out = torch.empty(len(sequences), self._output_dim(), dtype=torch.float32, device=device)
         batches = self._batches([len(s) for s in sequences])
         steps = Steps(hook, len(batches), desc)
+        poll = poll or steps.tick
         for rows in batches:
-            out[rows] = self._forward(*_padded(sequences, rows, device))
+            out[rows] = self._forward(*_padded(sequences, rows, device), poll)
             steps.advance()
-        return out
+        return self.clip.check_finite(out, "text features")
 
     @torch.no_grad()
-    def encode_continuations(self, prefix: Sequence[int], tails: Sequence[Sequence[int]]) -> torch.Tensor:
+    def encode_continuations(self, prefix: Sequence[int], tails: Sequence[Sequence[int]],
+                             poll: Poll = None) -> torch.Tensor:
         """Features of ``prefix + tail`` for every tail; ``prefix`` starts with the start token, tails end with
         the end token, and ``len(prefix + tail)`` never exceeds the context (see ``continuation``)."""
         if not self.prefix_reuse:
-            return self.encode_sequences([list(prefix) + list(tail) for tail in tails])
+            return self.encode_sequences([list(prefix) + list(tail) for tail in tails], poll=poll)
         device = self.clip.device
-        past = self._run_blocks(torch.as_tensor([list(prefix)], device=device), None)[1]
+        past = self._run_blocks(torch.as_tensor([list(prefix)], device=device), None, poll)[1]
         out = torch.empty(len(tails), self._output_dim(), dtype=torch.float32, device=device)
         for rows in self._batches([len(t) for t in tails]):
             tokens, ends = _padded(tails, rows, device)
-            out[rows] = self._pool(self._run_blocks(tokens, past)[0], ends)
-        return out
+            out[rows] = self._pool(self._run_blocks(tokens, past, poll)[0], ends)
+        return self.clip.check_finite(out, "text features")
 
     def _batches(self, lengths: Sequence[int]) -> List[List[int]]:
         """Split sequences into batches that pad little but are not too many.
@@ -147,7 +172,8 @@ class TextEncoder:
         tail[-1] = self.eot
         return tail
 
-    def _run_blocks(self, tokens: torch.Tensor, past: Optional[List[Tuple[torch.Tensor, torch.Tensor]]]):
+    def _run_blocks(self, tokens: torch.Tensor, past: Optional[List[Tuple[torch.Tensor, torch.Tensor]]],
+                    poll: Poll = None):
         """The text transformer on ``tokens`` placed after ``past`` keys/values; returns states and its own k/v."""
         model = self.model
         offset = past[0][0].shape[2] if past else 0
@@ -158,6 +184,8 @@ class TextEncoder:
         for i, block in enumerate(model.transformer.resblocks):
             x, kv = _block_forward(block, x, past[i] if past else None)
             present.append(kv)
+            if poll:
+                poll()
         return x, present
 
     def _pool(self, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
@@ -172,28 +200,37 @@ class TextEncoder:
         projection = self.model.text_projection
         return projection.out_features if isinstance(projection, torch.nn.Linear) else projection.shape[-1]
 
-    def _forward(self, tokens: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-        """open_clip's ``CLIP.encode_text`` on sequences shorter than the context, pooled at each end token."""
+    def _forward(self, tokens: torch.Tensor, ends: torch.Tensor, poll: Poll = None) -> torch.Tensor:
+        """open_clip's ``CLIP.encode_text`` on sequences shorter than the context, pooled at each end token (its
+        ``Transformer.forward`` unrolled, to poll between blocks)."""
         model = self.model
         length = tokens.shape[1]
         cast = model.transformer.get_cast_dtype()
         x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
-        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-        return self._pool(x, ends)
+        batch_first = getattr(model.transformer, "batch_first", True)
+        x = x if batch_first else x.transpose(0, 1).contiguous()
+        mask = model.attn_mask[:length, :length]
+        for block in model.transformer.resblocks:
+            x = block(x, attn_mask=mask)
+            if poll:
+                poll()
+        return self._pool(x if batch_first else x.transpose(0, 1), ends)
 
-    def _encode_reference_path(self, texts, hook, desc) -> torch.Tensor:
+    def _encode_reference_path(self, texts, hook, desc, poll: Poll = None) -> torch.Tensor:
         """Any other open_clip text tower: the model's own encode_text on padded tokens."""
         device = self.clip.device
         rows = []
         steps = Steps(hook, -(-len(texts) // self.batch_size), desc)
+        poll = poll or steps.tick
         for start in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[start:start + self.batch_size])).to(device)
+            poll()
+            tokens = self.tokenizer([bounded(t) for t in texts[start:start + self.batch_size]]).to(device)
             x = self.model.encode_text(tokens).float()
             rows.append(x / x.norm(dim=-1, keepdim=True))
             steps.advance()
         if not rows:
             return torch.empty(0, self._output_dim(), device=device)
-        return torch.cat(rows)
+        return self.clip.check_finite(torch.cat(rows), "text features")
 
 
 def _padded(sequences: Sequence[Sequence[int]], rows: Sequence[int], device):
