@@ -17,6 +17,7 @@ class Mode:
     max_terms: int  # terms added when the caller does not say (the reference's defaults)
     description: str
     reference: Optional[str] = None  # the clip-interrogator 0.6.0 method this mode reproduces, if any
+    terms_from: str = "pool"  # the Vocabulary property listing the term lists it draws from
 
 
 MODES: Dict[str, Mode] = {mode.name: mode for mode in (
@@ -24,8 +25,9 @@ MODES: Dict[str, Mode] = {mode.name: mode for mode in (
          "interrogate"),
     Mode("classic", True, 3, "caption, medium, artist, site, movement and a few terms", "interrogate_classic"),
     Mode("fast", True, 32, "caption + the top-ranked terms", "interrogate_fast"),
-    Mode("negative", False, 32, "the terms least like the image, for the negative encoder", "interrogate_negative"),
-    Mode("style", False, 6, "medium, artist, movement and look, without the subject"),
+    Mode("negative", False, 32, "the terms least like the image, for the negative encoder", "interrogate_negative",
+         "negative_pool"),
+    Mode("style", False, 6, "medium, artist, movement and look, without the subject", terms_from="style"),
 )}
 
 
