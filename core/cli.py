@@ -1,4 +1,8 @@
-"""Command line: ``python -m core interrogate IMAGE_OR_FOLDER... [options]``."""
+"""Command line: ``python -m core interrogate IMAGE_OR_FOLDER... [options]``.
+
+Exit status: 0 every image got a prompt; 2 nothing was done (bad option, missing model, no readable image); 3 some
+images could not be read (each named on stderr), the others' prompts were printed and written; 130 cancelled.
+"""
 
 import argparse
 import csv
@@ -10,21 +14,24 @@ import torch
 
 from .caption import CAPTION_MODELS, DEFAULT_CAPTION_MODEL, load_captioner
 from .clip_model import DEFAULT_CLIP, PRESETS, load_clip
-from .errors import InterrogatorError
-from .images import find_images, open_image
+from .devices import parse_device
+from .errors import Cancelled, ImageError, InterrogatorError
+from .files import atomic_path, check_writable
+from .images import find_images, iter_images
 from .interrogator import Interrogator, Settings, caption_needed
 from .modes import MODES
 from .vocab import Vocabulary
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED, EXIT_CANCELLED = 0, 2, 3, 130
+CHUNK = 8  # images opened and interrogated together: memory stays bounded and prompts appear as they are made
 
 
-def default_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (0: the mode's default), got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--user-vocab", metavar="DIR", help="folder of extra term lists")
     run.add_argument("--no-list", action="append", default=[], metavar="NAME", help="switch a term list off")
     run.add_argument("--ban", action="append", default=[], metavar="TERM", help="a term that must never appear")
-    run.add_argument("--max-terms", "--max-flavors", dest="max_terms", type=int, default=None,
+    run.add_argument("--max-terms", "--max-flavors", dest="max_terms", type=_count, default=None,
                      help="most terms to add (default: the mode's: " +
                           ", ".join(f"{m.name} {m.max_terms}" for m in MODES.values()) + ")")
     run.add_argument("--reference", action="store_true", help="reproduce clip-interrogator 0.6.0's quirks exactly")
@@ -70,7 +77,7 @@ class _TqdmHook:
             return
         from tqdm import tqdm
 
-        if self.bar is None or desc != self.desc or done == 0:
+        if self.bar is None or desc != self.desc or done < self.bar.n:
             self.close()
             self.bar, self.desc = tqdm(total=total, desc=desc, leave=False, file=sys.stderr), desc
         self.bar.update(done - self.bar.n)
@@ -90,8 +97,8 @@ def _vocabulary(args) -> Vocabulary:
 
 
 def build(args) -> Interrogator:
-    device = default_device() if args.device == "auto" else args.device
-    dtype = DTYPES.get(args.dtype) or (torch.float16 if device.startswith("cuda") else torch.float32)
+    device = parse_device(args.device)
+    dtype = DTYPES.get(args.dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     vocab = _vocabulary(args)
     caption_name = args.caption_model if caption_needed(args.mode, args.caption) else "none"
     captioner = load_captioner(caption_name, models_dir=args.models_dir, device=device, dtype=dtype)
@@ -104,41 +111,67 @@ def build(args) -> Interrogator:
 
 
 def _write(path: str, rows: List[List[str]], mode: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as file:
-        if path.lower().endswith(".csv"):
-            writer = csv.writer(file)
-            writer.writerow(["image", "mode", "prompt"])
-            writer.writerows([image, mode, prompt] for image, prompt in rows)
-        else:
-            file.writelines(f"{image}\t{prompt}\n" for image, prompt in rows)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as file:
+            if path.lower().endswith(".csv"):
+                writer = csv.writer(file)
+                writer.writerow(["image", "mode", "prompt"])
+                writer.writerows([image, mode, prompt] for image, prompt in rows)
+            else:
+                file.writelines(f"{image}\t{prompt}\n" for image, prompt in rows)
+    except OSError as error:
+        raise InterrogatorError(f"cannot write {path} ({error.strerror or error}); the prompts are printed "
+                                f"above.") from None
 
 
 def interrogate(args) -> int:
     paths = find_images(args.inputs)
     if not paths:
         raise InterrogatorError(f"no images found in {', '.join(args.inputs)}")
-    images = [open_image(p) for p in paths]
+    if args.out:
+        check_writable(args.out, "--out file")
     hook = _TqdmHook(not args.quiet)
     engine = build(args)
-    prompts = engine.interrogate(images, args.mode, captions=args.caption, max_terms=args.max_terms, progress=hook)
-    hook.close()
-    rows = [[path, prompt] for path, prompt in zip(paths, prompts)]
-    for path, prompt in rows:
-        print(prompt if len(rows) == 1 else f"{path}\t{prompt}")
-    if args.out:
+    rows, failed, chunk = [], 0, []
+    try:
+        for path, image in iter_images(paths):
+            if isinstance(image, ImageError):
+                failed += 1
+                print(f"error: {image}", file=sys.stderr)
+                continue
+            chunk.append((path, image))
+            if len(chunk) == CHUNK:
+                rows += _prompts(engine, chunk, args, hook, single=len(paths) == 1)
+                chunk = []
+        if chunk:
+            rows += _prompts(engine, chunk, args, hook, single=len(paths) == 1)
+    finally:
+        hook.close()
+    if args.out and rows:
         _write(args.out, rows, args.mode)
-    return 0
+    if not failed:
+        return EXIT_OK
+    print(f"error: {failed} of {len(paths)} images could not be read" +
+          ("; the others' prompts were written." if rows else "."), file=sys.stderr)
+    return EXIT_SOME_FAILED if rows else EXIT_ERROR
+
+
+def _prompts(engine: Interrogator, chunk, args, hook, single: bool) -> List[List[str]]:
+    prompts = engine.interrogate([image for _, image in chunk], args.mode, captions=args.caption,
+                                 max_terms=args.max_terms, progress=hook)
+    rows = [[path, prompt] for (path, _), prompt in zip(chunk, prompts)]
+    for path, prompt in rows:
+        print(prompt if single else f"{path}\t{prompt}", flush=True)
+    return rows
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return interrogate(args)
+    except (KeyboardInterrupt, Cancelled):
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
     except InterrogatorError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cancelled", file=sys.stderr)
-        return 130
+        return EXIT_ERROR
