@@ -6,6 +6,7 @@ from typing import List, Optional, Tuple
 from ..core import CAPTION_MODELS, DEFAULT_CAPTION_MODEL, NO_CAPTION, PRESETS, ModelNotFoundError
 from ..core.caption import caption_model_folder
 from ..core.clip_model import preset_filename
+from ..core.files import inside
 
 CAPTION_PRESETS = (DEFAULT_CAPTION_MODEL, *[n for n in CAPTION_MODELS if n != DEFAULT_CAPTION_MODEL], NO_CAPTION)
 CACHE_FOLDER = "cache"
@@ -61,7 +62,10 @@ class ModelFiles:
         return " or ".join(self.env.model_folders())
 
     def clip_source(self, name: str) -> Tuple[str, Optional[str]]:
-        """(name to load, models folder): a preset from the folder that holds its file, or a local file."""
+        """(name to load, models folder): a preset from the folder that holds its file, or a file inside one of
+        the model folders (a name that leads outside them is refused)."""
+        if not isinstance(name, str) or not name:
+            raise ModelNotFoundError(f"a CLIP model is a preset or file name, not {name!r:.40}.")
         folders = self.env.model_folders()
         if name in PRESETS or ("/" in name and not name.endswith(".safetensors")):
             for folder in folders:
@@ -69,14 +73,17 @@ class ModelFiles:
                     return name, folder
             return name, folders[0]
         for folder in folders:
-            path = os.path.join(folder, name)
+            path = inside(folder, name, "CLIP model file", ModelNotFoundError)
             if os.path.isfile(path):
                 return path, None
         raise ModelNotFoundError(f"CLIP model file {name} is not in {self._folders_text()}; put the .safetensors "
                                  f"file (and a .json config for a custom architecture) there, or pick a preset.")
 
     def caption_source(self, name: str) -> Tuple[str, Optional[str]]:
-        """(name or folder to load, models folder) of a caption model; ``none`` stays ``none``."""
+        """(name or folder to load, models folder) of a caption model; ``none`` stays ``none``; a folder must be
+        inside one of the model folders."""
+        if name is not None and not isinstance(name, str):
+            raise ModelNotFoundError(f"a caption model is a preset or folder name, not {name!r:.40}.")
         folders = self.env.model_folders()
         if not name or name == NO_CAPTION:
             return NO_CAPTION, None
@@ -87,8 +94,9 @@ class ModelFiles:
                     return name, folder
             return name, folders[0]
         for folder in folders:
-            path = os.path.join(folder, name)
+            path = inside(folder, name, "caption model folder", ModelNotFoundError)
             if os.path.isfile(os.path.join(path, "config.json")):
                 return path, None
         raise ModelNotFoundError(f"caption model folder {name} is not in {self._folders_text()} (it needs a "
                                  f"config.json); put the model's files there, or pick '{NO_CAPTION}'.")
+

@@ -44,9 +44,6 @@ class InterrogatorSpec:
     artists: bool = True
     ban: Tuple[str, ...] = ()
 
-    def describe(self) -> str:
-        return f"{self.clip} + {self.caption} ({self.precision}, {self.device})"
-
 
 class Runtime:
     """Everything the nodes share: the environment, the model cache, vocabularies and engines."""
