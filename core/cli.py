@@ -6,11 +6,13 @@ images could not be read (each named on stderr), the others' prompts were printe
 
 import argparse
 import csv
+import itertools
 import os
 import sys
-from typing import List, Optional
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import torch
+from PIL import Image
 
 from .caption import CAPTION_MODELS, DEFAULT_CAPTION_MODEL, load_captioner
 from .clip_model import DEFAULT_CLIP, PRESETS, load_clip
@@ -130,30 +132,44 @@ def interrogate(args) -> int:
         raise InterrogatorError(f"no images found in {', '.join(args.inputs)}")
     if args.out:
         check_writable(args.out, "--out file")
-    hook = _TqdmHook(not args.quiet)
-    engine = build(args)
-    rows, failed, chunk = [], 0, []
-    try:
-        for path, image in iter_images(paths):
-            if isinstance(image, ImageError):
-                failed += 1
-                print(f"error: {image}", file=sys.stderr)
-                continue
-            chunk.append((path, image))
-            if len(chunk) == CHUNK:
+    failed: List[str] = []
+    readable = _readable(paths, failed)
+    first = next(readable, None)  # models load only once an image is known to be readable
+    rows = []
+    if first is not None:
+        hook = _TqdmHook(not args.quiet)
+        engine = build(args)
+        try:
+            for chunk in _chunks(itertools.chain([first], readable), CHUNK):
                 rows += _prompts(engine, chunk, args, hook, single=len(paths) == 1)
-                chunk = []
-        if chunk:
-            rows += _prompts(engine, chunk, args, hook, single=len(paths) == 1)
-    finally:
-        hook.close()
+        finally:
+            hook.close()
     if args.out and rows:
         _write(args.out, rows, args.mode)
     if not failed:
         return EXIT_OK
-    print(f"error: {failed} of {len(paths)} images could not be read" +
+    print(f"error: {len(failed)} of {len(paths)} images could not be read" +
           ("; the others' prompts were written." if rows else "."), file=sys.stderr)
     return EXIT_SOME_FAILED if rows else EXIT_ERROR
+
+
+def _readable(paths: List[str], failed: List[str]) -> Iterator[Tuple[str, Image.Image]]:
+    """The images that open, one at a time; each one that does not is reported, and added to ``failed``."""
+    for path, image in iter_images(paths):
+        if isinstance(image, ImageError):
+            failed.append(path)
+            print(f"error: {image}", file=sys.stderr, flush=True)
+        else:
+            yield path, image
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    items = iter(items)
+    while True:
+        chunk = list(itertools.islice(items, size))
+        if not chunk:
+            return
+        yield chunk
 
 
 def _prompts(engine: Interrogator, chunk, args, hook, single: bool) -> List[List[str]]:
