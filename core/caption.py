@@ -44,15 +44,29 @@ class Captioner:
         captions: List[str] = []
         steps = Steps(hook, -(-len(images) // self.batch_size), "Captioning")
         dtype = next(self.model.parameters()).dtype
+        polling = _polling(steps.tick)
         for start in range(0, len(images), self.batch_size):
             inputs = self.processor(images=list(images[start:start + self.batch_size]), return_tensors="pt")
             inputs = inputs.to(self.device)
             if self.cast_inputs:
                 inputs = inputs.to(dtype)
-            tokens = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
+            tokens = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, stopping_criteria=polling)
             captions.extend(t.strip() for t in self.processor.batch_decode(tokens, skip_special_tokens=True))
             steps.advance()
         return captions
+
+
+def _polling(poll):
+    """A stopping criterion that never stops generation but calls ``poll`` after every generated token: a batch
+    of captions takes seconds on a CPU, and this is how a cancel reaches the middle of it."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Poll(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            poll()
+            return False  # "not done" for every sequence, in the form every transformers version accepts
+
+    return StoppingCriteriaList([Poll()])
 
 
 def caption_model_folder(name: str, models_dir: Optional[str]) -> Optional[str]:

@@ -691,6 +691,23 @@ def test_cancel_is_honoured_inside_a_chain_step(clip, images, builtin_cache, mon
     assert seen == [0, 0, 0]  # started, polled inside step 1, cancelled there: step 1 never finished
 
 
+def test_cancel_is_honoured_inside_a_caption_batch(captioner, images, monkeypatch):
+    """Generating a batch of captions polls after every token, so a cancel stops it before the batch ends."""
+    import core.progress
+
+    monkeypatch.setattr(core.progress, "TICK_SECONDS", 0.0, raising=False)
+    seen = []
+
+    def hook(done, total, desc):
+        seen.append((done, total, desc))
+        if len(seen) == 3:
+            raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        captioner.caption(images, hook)
+    assert seen == [(0, 1, "Captioning")] * 3  # started, polled during generation, cancelled there
+
+
 def test_polling_does_not_change_prompts(clip, images, builtin_cache, monkeypatch):
     import core.progress
 
