@@ -1,8 +1,9 @@
 """Text embeddings of term lists: computed once per (CLIP weights, list content), cached on disk.
 
 A cache file holds one list's unit-length embeddings in fp16 (as the reference stores them, so rankings match it)
-plus what they were made from. Files are written to a temp name and renamed, so a crash or a cancel never leaves a
-half-written cache; a corrupt, truncated or stale file is rebuilt with a warning.
+plus what they were made from. Files are written to a unique temp name and renamed, so a crash or a cancel never
+leaves a half-written cache; a corrupt, truncated or stale file, or one of the wrong shape or holding NaN, is rebuilt
+with a warning.
 """
 
 import hashlib
