@@ -1,9 +1,10 @@
 """Loading CLIP models the way users have them: open_clip presets, local safetensors files, custom configs."""
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -48,18 +49,20 @@ class ClipModel:
 
     @torch.no_grad()
     def encode_images(self, images, poll: Optional[Callable[[], None]] = None) -> torch.Tensor:
-        """Unit-length image features, one row per PIL image (``poll`` is called before each: see progress.py).
+        """Unit-length image features, one row per PIL image (``poll`` is called before each and between the
+        vision tower's blocks: one pass of a large tower takes seconds on a CPU; see progress.py).
 
         One image per forward pass, as the reference does: a batched pass can round differently, and rankings of
         near-tied terms must not depend on how many images came along.
         """
         rows = []
-        for image in images:
-            if poll:
-                poll()
-            pixels = self.preprocess(image).unsqueeze(0).to(self.device, self.dtype)
-            features = self.model.encode_image(pixels).float()
-            rows.append(features / features.norm(dim=-1, keepdim=True))
+        with _after_each_block(self.model.visual, poll):
+            for image in images:
+                if poll:
+                    poll()
+                pixels = self.preprocess(image).unsqueeze(0).to(self.device, self.dtype)
+                features = self.model.encode_image(pixels).float()
+                rows.append(features / features.norm(dim=-1, keepdim=True))
         return self.check_finite(torch.cat(rows), "image features")
 
     def check_finite(self, features: torch.Tensor, what: str) -> torch.Tensor:
@@ -73,6 +76,22 @@ class ClipModel:
                                  f"{', ...' if len(damaged) > 3 else ''}): its file is damaged; download it again.")
         fix = "load it in fp32" if self.dtype != torch.float32 else "its weights are not a working CLIP model's"
         raise ModelLoadError(f"CLIP model {self.name} computed NaN or infinite {what} in {self.dtype}; {fix}.")
+
+
+@contextlib.contextmanager
+def _after_each_block(tower: torch.nn.Module, poll: Optional[Callable[[], None]]) -> Iterator[None]:
+    """``poll`` called after every residual block of an open_clip transformer tower while the block is open
+    (towers of other kinds, e.g. timm's, are polled per image only)."""
+    blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
+    if poll is None or blocks is None:
+        yield
+        return
+    handles = [block.register_forward_hook(lambda *args: poll()) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def weights_fingerprint(model: torch.nn.Module, name: str) -> str:

@@ -126,7 +126,7 @@ class Interrogator:
         images = as_pil_list(images)
         texts = self.captions(images, mode, captions, captioner, progress)
         self.label_index(progress)
-        steps = Steps(progress if len(images) > 1 else None, len(images), f"Interrogating ({mode})")
+        steps = Steps(progress, len(images), f"Interrogating ({mode})")
         features = self.clip.encode_images(images, steps.tick)
         run = getattr(self, f"_{mode}")
         max_terms = max_terms or spec.max_terms
@@ -142,7 +142,9 @@ class Interrogator:
         _check_count(top, "top", 1)
         images = as_pil_list(images)
         index = self.label_index(progress)
-        features = self.clip.encode_images(images)
+        steps = Steps(progress, len(images), "Analyzing")
+        features = self.clip.encode_images(images, steps.tick)
+        steps.finish()
         return [{name: self._rank(features[i:i + 1], [name], top, scores=True) for name in index.spans}
                 for i in range(len(features))]
 

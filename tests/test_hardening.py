@@ -691,6 +691,29 @@ def test_cancel_is_honoured_inside_a_chain_step(clip, images, builtin_cache, mon
     assert seen == [0, 0, 0]  # started, polled inside step 1, cancelled there: step 1 never finished
 
 
+def test_cancel_is_honoured_inside_an_image_pass(clip, small_vocab, images, tmp_path, monkeypatch):
+    """One image's pass through the vision tower polls between its blocks, and leaves no hooks behind."""
+    import core.progress
+
+    engine = Interrogator(clip, None, small_vocab, cache_dir=str(tmp_path))
+    engine.label_index()
+    monkeypatch.setattr(core.progress, "TICK_SECONDS", 0.0, raising=False)
+    seen = []
+
+    def hook(done, total, desc):
+        if desc == "Interrogating (fast)":
+            seen.append(done)
+            if len(seen) == 3:
+                raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        engine.interrogate(images[0], "fast", captions="a cat", progress=hook)
+    assert seen == [0, 0, 0]  # started, polled before the image, cancelled after the tower's first block
+    assert not any(block._forward_hooks for block in clip.model.visual.transformer.resblocks)
+    assert engine.interrogate(images[0], "fast", captions="a cat") == \
+        engine.interrogate(images[0], "fast", captions="a cat", progress=lambda *a: None)
+
+
 def test_cancel_is_honoured_inside_a_caption_batch(captioner, images, monkeypatch):
     """Generating a batch of captions polls after every token, so a cancel stops it before the batch ends."""
     import core.progress
