@@ -7,21 +7,26 @@ images could not be read (each named on stderr), the others' prompts were printe
 import argparse
 import csv
 import itertools
+import json
 import os
 import sys
+from dataclasses import replace
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from PIL import Image
 
-from .caption import CAPTION_MODELS, DEFAULT_CAPTION_MODEL, load_captioner
+from .caption import CAPTION_MODELS, DEFAULT_CAPTION_MODEL, DETAILS, CaptionOptions, load_captioner
 from .clip_model import DEFAULT_CLIP, PRESETS, load_clip
+from .clip_pair import load_clip_pair
 from .devices import parse_device
+from .encoder_prompts import TARGETS, get_target, write
 from .errors import Cancelled, ImageError, InterrogatorError
 from .files import atomic_path, check_writable
 from .images import find_images, iter_images
 from .interrogator import Interrogator, Settings, caption_needed
 from .modes import MODES
+from .token_count import clip_counter, t5_counter
 from .vocab import Vocabulary
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -47,9 +52,25 @@ def _parser() -> argparse.ArgumentParser:
                                                   f"{', '.join(PRESETS)})")
     run.add_argument("--clip-weights", metavar="FILE", help="local CLIP .safetensors file")
     run.add_argument("--clip-config", metavar="JSON", help="open_clip model config for a custom architecture")
+    run.add_argument("--clip-text", metavar="FILE", help="a checkpoint, text-encoder file or Hugging Face CLIP folder "
+                                                          "whose text encoder to pair with --clip-vision")
+    run.add_argument("--clip-vision", metavar="FILE", help="the CLIP Vision file of the pair (default: --clip-text)")
+    run.add_argument("--text-encoder", default="auto", help="which text encoder of --clip-text (clip_l, clip_g, "
+                                                             "clip_h; auto: the one matching the vision tower)")
     run.add_argument("--caption-model", default=DEFAULT_CAPTION_MODEL,
                      help=f"{', '.join(CAPTION_MODELS)}, a local folder, or 'none'")
     run.add_argument("--caption", help="use this caption instead of running the caption model")
+    run.add_argument("--caption-detail", choices=DETAILS, default="short",
+                     help="Florence-2 caption task, or a vision-language model's default instruction")
+    run.add_argument("--caption-instruction", default="", help="a vision-language model's own instruction")
+    run.add_argument("--caption-max-tokens", type=int, default=0, help="most caption tokens (0: the model's default)")
+    run.add_argument("--target", choices=list(TARGETS),
+                     help="write one prompt per text encoder of this model family (printed as JSON per image)")
+    run.add_argument("--text-l", choices=["prompt", "terms"], default="prompt",
+                     help="with --target sdxl: text_l gets the same prompt as text_g, or only the style terms")
+    run.add_argument("--t5-tokenizer", metavar="DIR", default=os.environ.get("CLIP_INTERROGATOR_T5_TOKENIZER"),
+                     help="folder with a T5 tokenizer.json to count t5xxl prompts (e.g. ComfyUI's "
+                          "comfy/text_encoders/t5_tokenizer; env CLIP_INTERROGATOR_T5_TOKENIZER)")
     run.add_argument("--models-dir", default=os.environ.get("CLIP_INTERROGATOR_MODELS"),
                      help="folder searched first for models (env CLIP_INTERROGATOR_MODELS)")
     run.add_argument("--cache-dir", help="embedding cache folder (default <models-dir>/cache)")
@@ -103,27 +124,45 @@ def build(args) -> Interrogator:
     dtype = DTYPES.get(args.dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     vocab = _vocabulary(args)
     caption_name = args.caption_model if caption_needed(args.mode, args.caption) else "none"
+    options = CaptionOptions(args.caption_detail, args.caption_instruction, args.caption_max_tokens)
     captioner = load_captioner(caption_name, models_dir=args.models_dir, device=device, dtype=dtype)
-    clip = load_clip(args.clip, weights=args.clip_weights, config=args.clip_config, models_dir=args.models_dir,
-                     device=device, dtype=dtype)
+    if args.clip_text:
+        clip = load_clip_pair(args.clip_text, args.clip_vision, text_encoder=args.text_encoder, dtype=dtype)
+        clip.model.to(device)
+    else:
+        clip = load_clip(args.clip, weights=args.clip_weights, config=args.clip_config, models_dir=args.models_dir,
+                         device=device, dtype=dtype)
     cache_dir = args.cache_dir or (os.path.join(args.models_dir, "cache") if args.models_dir else
                                    os.path.join(os.path.expanduser("~"), ".cache", "clip_interrogator_nodes"))
     settings = Settings.reference() if args.reference else Settings()
-    return Interrogator(clip, captioner, vocab, cache_dir=cache_dir, settings=settings)
+    return Interrogator(clip, captioner.using(options) if captioner else None, vocab, cache_dir=cache_dir,
+                        settings=settings)
 
 
-def _write(path: str, rows: List[List[str]], mode: str) -> None:
+def _write(path: str, rows: List[List[str]], mode: str, columns=("prompt",)) -> None:
     try:
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as file:
             if path.lower().endswith(".csv"):
                 writer = csv.writer(file)
-                writer.writerow(["image", "mode", "prompt"])
-                writer.writerows([image, mode, prompt] for image, prompt in rows)
+                writer.writerow(["image", "mode", *columns])
+                writer.writerows([image, mode, *texts] for image, *texts in rows)
             else:
-                file.writelines(f"{image}\t{prompt}\n" for image, prompt in rows)
+                file.writelines("\t".join([image, *texts]) + "\n" for image, *texts in rows)
     except OSError as error:
         raise InterrogatorError(f"cannot write {path} ({error.strerror or error}); the prompts are printed "
                                 f"above.") from None
+
+
+def _encoder_prompts(args, engine: Interrogator, images, hook) -> List[dict]:
+    """One JSON object per image: each output of the target, written for its encoder."""
+    target = get_target(args.target)
+    counters = {"clip": clip_counter(), "t5": t5_counter(args.t5_tokenizer) if target.needs_t5 else None}
+    parts = engine.prompt_parts(images, args.mode, captions=args.caption, max_terms=args.max_terms, progress=hook)
+    if target.needs_negative:
+        negatives = engine.prompt_parts(images, "negative", max_terms=args.max_terms, progress=hook)
+        parts = [replace(p, negative=n.terms) for p, n in zip(parts, negatives)]
+    contents = {"text_l": "terms"} if args.text_l == "terms" else None
+    return [write(target, p, counters, contents) for p in parts]
 
 
 def interrogate(args) -> int:
@@ -139,13 +178,14 @@ def interrogate(args) -> int:
     if first is not None:
         hook = _TqdmHook(not args.quiet)
         engine = build(args)
+        run = _encoder_rows if args.target else _prompts
         try:
             for chunk in _chunks(itertools.chain([first], readable), CHUNK):
-                rows += _prompts(engine, chunk, args, hook, single=len(paths) == 1)
+                rows += run(engine, chunk, args, hook, single=len(paths) == 1)
         finally:
             hook.close()
     if args.out and rows:
-        _write(args.out, rows, args.mode)
+        _write(args.out, rows, args.mode, get_target(args.target).names if args.target else ("prompt",))
     if not failed:
         return EXIT_OK
     print(f"error: {len(failed)} of {len(paths)} images could not be read" +
@@ -179,6 +219,15 @@ def _prompts(engine: Interrogator, chunk, args, hook, single: bool) -> List[List
     for path, prompt in rows:
         print(prompt if single else f"{path}\t{prompt}", flush=True)
     return rows
+
+
+def _encoder_rows(engine: Interrogator, chunk, args, hook, single: bool) -> List[List[str]]:
+    """--target: one JSON line per image with each output of the target; rows of those outputs for --out."""
+    outputs = _encoder_prompts(args, engine, [image for _, image in chunk], hook)
+    names = get_target(args.target).names
+    for (path, _), texts in zip(chunk, outputs):
+        print(json.dumps({"image": path, **texts}, ensure_ascii=False), flush=True)
+    return [[path, *[texts[n] for n in names]] for (path, _), texts in zip(chunk, outputs)]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

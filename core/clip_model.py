@@ -12,6 +12,8 @@ from . import hub
 from .devices import parse_device
 from .errors import ModelLoadError, ModelNotFoundError, first_line, out_of_memory
 from .files import check_safetensors, get, read_json
+from .parallel import single_pass
+from .tensors import safetensors_file, sidecar_json
 
 PRESETS = {
     "ViT-L-14/openai": "Stable Diffusion 1.x",
@@ -32,11 +34,14 @@ class ClipModel:
     tokenizer: Callable
     name: str
     key: str = field(default="")  # identifies these exact weights in embedding cache files
+    description: str = ""  # which weights these are, for users (defaults to the name)
+    notes: Tuple[str, ...] = ()  # warnings users should see next to the description
 
     def __post_init__(self):
         self.model.eval().requires_grad_(False)
         if not self.key:
             self.key = weights_fingerprint(self.model, self.name)
+        self.description = self.description or self.name
 
     @property
     def device(self) -> torch.device:
@@ -61,7 +66,8 @@ class ClipModel:
                 if poll:
                     poll()
                 pixels = self.preprocess(image).unsqueeze(0).to(self.device, self.dtype)
-                features = self.model.encode_image(pixels).float()
+                with single_pass(self.device):
+                    features = self.model.encode_image(pixels).float()
                 rows.append(features / features.norm(dim=-1, keepdim=True))
         return self.check_finite(torch.cat(rows), "image features")
 
@@ -204,14 +210,10 @@ def _load_file(path: str, name: Optional[str], config: Optional[str], device, dt
                label: Optional[str] = None) -> ClipModel:
     import open_clip
 
-    if not os.path.isfile(path):
-        raise ModelNotFoundError(f"CLIP weights file not found: {path}")
-    if not path.endswith(".safetensors"):
-        raise ModelLoadError(f"{path}: only .safetensors CLIP weights are loaded (pickled checkpoints can run code); "
-                             f"convert it with safetensors first.")
+    safetensors_file(path, "CLIP weights")
     held = check_safetensors(path, ModelLoadError)
     sidecar = os.path.splitext(path)[0] + ".json"
-    config = config or (sidecar if os.path.isfile(sidecar) else None)
+    config = config or sidecar_json(path)
     label = label or os.path.basename(path)
     if config:
         return _load_custom(path, config, label, device, dtype, held)

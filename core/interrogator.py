@@ -10,11 +10,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .embeddings import EmbeddingCache, LabelIndex
+from .encoder_prompts import CAPTION_TOKENS, PromptParts
 from .errors import InterrogatorError, VocabError
 from .images import as_pil_list
 from .modes import get_mode
 from .progress import ProgressHook, Steps
 from .text_encoder import TextEncoder
+from .token_count import shorten
 from .vocab import Vocabulary
 
 
@@ -29,10 +31,14 @@ class Settings:
     fix_negative_sign: bool = True
     # Ours (None): exact top-k. Reference: ranks tables longer than its chunk_size (2048) approximately, per chunk.
     approx_topk_chunk: Optional[int] = None
+    # Ours: a caption longer than this many CLIP tokens is cut at a phrase or word boundary, so terms still fit.
+    # Reference (None): a long caption fills the whole context and the prompt gets no terms.
+    caption_tokens: Optional[int] = CAPTION_TOKENS
 
     @classmethod
     def reference(cls, **overrides) -> "Settings":
-        return replace(cls(fit_token_budget=False, fix_negative_sign=False, approx_topk_chunk=2048), **overrides)
+        return replace(cls(fit_token_budget=False, fix_negative_sign=False, approx_topk_chunk=2048,
+                           caption_tokens=None), **overrides)
 
 
 Captions = Union[None, str, Sequence[Optional[str]]]
@@ -120,6 +126,28 @@ class Interrogator:
                     captioner=None, progress: Optional[ProgressHook] = None) -> List[str]:
         """One prompt per image. ``captions`` and ``captioner``: see ``captions``; ``max_terms``: the most terms
         added (default: the mode's)."""
+        return [prompt for prompt, _, _ in self._interrogate(images, mode, captions, max_terms, captioner, progress)]
+
+    def prompt_parts(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
+                     captioner=None, progress: Optional[ProgressHook] = None) -> List[PromptParts]:
+        """Per image, the prompt ``interrogate`` gives split into its caption part and its ranked terms, with the
+        whole caption: what :mod:`.encoder_prompts` writes each text encoder's prompt from."""
+        parts = []
+        for prompt, caption, clip_caption in self._interrogate(images, mode, captions, max_terms, captioner,
+                                                               progress):
+            head, terms = split_prompt(prompt, clip_caption)
+            parts.append(PromptParts(caption, head, terms, prompt=prompt))
+        return parts
+
+    def _clip_caption(self, caption: str) -> str:
+        """The caption as the prompt starts with it: cut to the caption budget (see ``Settings.caption_tokens``)."""
+        budget = self.settings.caption_tokens
+        if not caption or budget is None:
+            return caption
+        return shorten(caption, lambda text: self.encoder.token_count(text) <= budget)
+
+    def _interrogate(self, images, mode, captions, max_terms, captioner, progress) -> List[Tuple[str, str, str]]:
+        """(prompt, whole caption, the caption as the prompt starts with it) per image."""
         spec = get_mode(mode)
         _check_count(max_terms, "max_terms", 0, f" (0: the mode's default of {spec.max_terms})")
         self._check_terms(spec)
@@ -132,7 +160,8 @@ class Interrogator:
         max_terms = max_terms or spec.max_terms
         prompts = []
         for i in range(len(images)):
-            prompts.append(run(features[i:i + 1], texts[i], max_terms, progress))
+            clip_caption = self._clip_caption(texts[i])
+            prompts.append((run(features[i:i + 1], clip_caption, max_terms, progress), texts[i], clip_caption))
             steps.advance()
         return prompts
 
@@ -312,6 +341,17 @@ class Interrogator:
         if scores:
             return [(labels[i], float(image[0].float() @ matrix[i].float())) for i in top]
         return [labels[i] for i in top]
+
+
+def split_prompt(prompt: str, caption: str) -> Tuple[str, Tuple[str, ...]]:
+    """(caption part, terms) of a prompt that starts with ``caption``; classic mode may glue "by <artist>" to the
+    caption with a space, which stays in the caption part."""
+    rest = prompt
+    head = ""
+    if caption and prompt.startswith(caption):
+        glued, _, rest = prompt[len(caption):].partition(", ")
+        head = caption + glued
+    return head, tuple(term for term in rest.split(", ") if term)
 
 
 def _approximate_top(image, matrix, k: int, chunk: int, reverse: bool) -> List[int]:

@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .parallel import each_batch, single_pass, workers
 from .progress import ProgressHook, Steps
 
 # Tokeniser input is cut to this many characters (after collapsing whitespace runs, which it ignores anyway): CLIP
@@ -111,14 +112,10 @@ class TextEncoder:
                          desc: str = "", poll: Poll = None) -> torch.Tensor:
         """Features of full token sequences (start ... end), batched by length."""
         device = self.clip.device
-        out = torch.empty(len(sequences), self._output_dim(), dtype=torch.float32, device=device)
         batches = self._batches([len(s) for s in sequences])
         steps = Steps(hook, len(batches), desc)
-        poll = poll or steps.tick
-        for rows in batches:
-            out[rows] = self._forward(*_padded(sequences, rows, device), poll)
-            steps.advance()
-        return self.clip.check_finite(out, "text features")
+        return self._run(lambda rows, poll: self._forward(*_padded(sequences, rows, device), poll), batches,
+                         len(sequences), poll or steps.tick, steps.advance)
 
     @torch.no_grad()
     def encode_continuations(self, prefix: Sequence[int], tails: Sequence[Sequence[int]],
@@ -128,11 +125,26 @@ class TextEncoder:
         if not self.prefix_reuse:
             return self.encode_sequences([list(prefix) + list(tail) for tail in tails], poll=poll)
         device = self.clip.device
-        past = self._run_blocks(torch.as_tensor([list(prefix)], device=device), None, poll)[1]
-        out = torch.empty(len(tails), self._output_dim(), dtype=torch.float32, device=device)
-        for rows in self._batches([len(t) for t in tails]):
+        with single_pass(device):
+            past = self._run_blocks(torch.as_tensor([list(prefix)], device=device), None, poll)[1]
+
+        def forward(rows, poll):
             tokens, ends = _padded(tails, rows, device)
-            out[rows] = self._pool(self._run_blocks(tokens, past, poll)[0], ends)
+            return self._pool(self._run_blocks(tokens, past, poll)[0], ends)
+
+        return self._run(forward, self._batches([len(t) for t in tails]), len(tails), poll)
+
+    def _run(self, forward, batches: List[List[int]], count: int, poll: Poll = None, advance=None) -> torch.Tensor:
+        """``forward(rows, poll)`` of every batch, gathered into one matrix of ``count`` rows, checked finite (see
+        :func:`.parallel.each_batch` for ``poll``)."""
+        out = torch.empty(count, self._output_dim(), dtype=torch.float32, device=self.clip.device)
+
+        def done(rows, features):
+            out[rows] = features
+            if advance:
+                advance()
+
+        each_batch(forward, batches, self.clip.device, done, poll)
         return self.clip.check_finite(out, "text features")
 
     def _batches(self, lengths: Sequence[int]) -> List[List[int]]:
@@ -140,20 +152,23 @@ class TextEncoder:
 
         Padding a short sequence to its batch's length wastes compute; every extra batch costs a pass over all
         the weights (on a GPU, a round of kernel launches). Over the sorted distinct lengths, a small dynamic
-        program picks the grouping with the least ``padded tokens + overhead * batches``.
+        program picks the grouping with the least ``padded tokens + overhead * batches``. Batches come out
+        biggest first: on a CPU they are shared by worker threads, and the last one started decides the finish.
         """
         groups: Dict[int, List[int]] = {}
         for i, n in enumerate(lengths):
             groups.setdefault(n, []).append(i)
         sizes = sorted(groups)
         overhead = 16 if self.clip.device.type == "cpu" else 1024
+        # CPU workers each take whole batches: enough of them that every worker gets a share
+        size = max(1, min(self.batch_size, -(-len(lengths) // workers(self.clip.device))))
         best = [0.0] + [float("inf")] * len(sizes)
         cut = [0] * (len(sizes) + 1)
         for j in range(1, len(sizes) + 1):
             count = 0
             for i in range(j, 0, -1):
                 count += len(groups[sizes[i - 1]])
-                cost = best[i - 1] + count * sizes[j - 1] + overhead * -(-count // self.batch_size)
+                cost = best[i - 1] + count * sizes[j - 1] + overhead * -(-count // size)
                 if cost < best[j]:
                     best[j], cut[j] = cost, i - 1
         spans, j = [], len(sizes)
@@ -163,8 +178,8 @@ class TextEncoder:
         batches = []
         for a, b in reversed(spans):
             members = [i for n in sizes[a:b] for i in groups[n]]
-            batches.extend(members[k:k + self.batch_size] for k in range(0, len(members), self.batch_size))
-        return batches
+            batches.extend(members[k:k + size] for k in range(0, len(members), size))
+        return sorted(batches, key=lambda rows: -len(rows) * lengths[rows[-1]])
 
     def continuation(self, prefix: Sequence[int], ids: Sequence[int]) -> List[int]:
         """The tail after ``prefix`` of ``sequence(prefix ids + ids)``, truncated as the tokenizer truncates."""
@@ -219,18 +234,17 @@ class TextEncoder:
     def _encode_reference_path(self, texts, hook, desc, poll: Poll = None) -> torch.Tensor:
         """Any other open_clip text tower: the model's own encode_text on padded tokens."""
         device = self.clip.device
-        rows = []
-        steps = Steps(hook, -(-len(texts) // self.batch_size), desc)
-        poll = poll or steps.tick
-        for start in range(0, len(texts), self.batch_size):
-            poll()
-            tokens = self.tokenizer([bounded(t) for t in texts[start:start + self.batch_size]]).to(device)
-            x = self.model.encode_text(tokens).float()
-            rows.append(x / x.norm(dim=-1, keepdim=True))
-            steps.advance()
-        if not rows:
-            return torch.empty(0, self._output_dim(), device=device)
-        return self.clip.check_finite(torch.cat(rows), "text features")
+        batches = [list(range(start, min(start + self.batch_size, len(texts))))
+                   for start in range(0, len(texts), self.batch_size)]
+        # tokenised here, not in the workers: Hugging Face tokenizers fail when two threads share one
+        tokens = [self.tokenizer([bounded(texts[i]) for i in rows]) for rows in batches]
+        steps = Steps(hook, len(batches), desc)
+
+        def forward(rows, poll):  # one encode_text call: polled between batches only
+            x = self.model.encode_text(tokens[rows[0] // self.batch_size].to(device)).float()
+            return x / x.norm(dim=-1, keepdim=True)
+
+        return self._run(forward, batches, len(texts), poll or steps.tick, steps.advance)
 
 
 def _padded(sequences: Sequence[Sequence[int]], rows: Sequence[int], device):

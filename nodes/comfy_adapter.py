@@ -15,7 +15,7 @@ under ``--novram`` / ``--cpu`` they run on the CPU.
 
 import logging
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -72,6 +72,13 @@ class ComfyEnvironment:
     def list_files(self) -> List[str]:
         return list(self.folder_paths.get_filename_list(FOLDER))
 
+    def host_files(self, kind: str) -> List[Tuple[str, str]]:
+        if kind not in self.folder_paths.folder_names_and_paths:
+            return []
+        found = ((name, self.folder_paths.get_full_path(kind, name))
+                 for name in self.folder_paths.get_filename_list(kind) if name.endswith(".safetensors"))
+        return [(name, path) for name, path in found if path]
+
     # -- devices and precision ------------------------------------------------------------------------------------
     def devices(self, choice: str):
         """(load device, offload device) for our models under ComfyUI's flags."""
@@ -115,6 +122,20 @@ class ComfyEnvironment:
 
     def check_interrupt(self) -> None:
         self.mm.throw_exception_if_processing_interrupted()
+
+    # -- tokenizers ------------------------------------------------------------------------------------------------
+    def t5_tokenizer_folder(self) -> Optional[str]:
+        """The T5 tokenizer ComfyUI's own T5-XXL encoders use (comfy/text_encoders/t5_tokenizer), read in place."""
+        import comfy
+
+        # comfy is a namespace package in ComfyUI (no __init__.py): its folder is on __path__
+        roots = list(getattr(comfy, "__path__", None) or [])
+        roots += [os.path.dirname(comfy.__file__)] if getattr(comfy, "__file__", None) else []
+        for root in roots:
+            folder = os.path.join(root, "text_encoders", "t5_tokenizer")
+            if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+                return folder
+        return None
 
 
 def register_folder() -> None:

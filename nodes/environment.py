@@ -1,7 +1,8 @@
 """Where the nodes run: what they need from their host (ComfyUI, or nothing), as one small protocol.
 
 :mod:`.comfy_adapter` implements it inside ComfyUI; :class:`PlainEnvironment` stands in elsewhere (tests, scripts):
-one models folder from ``CLIP_INTERROGATOR_MODELS``, the best local device, a simple memory budget, no cancel.
+one models folder from ``CLIP_INTERROGATOR_MODELS``, the best local device, a simple memory budget, no cancel, and
+the T5 tokenizer folder ``CLIP_INTERROGATOR_T5_TOKENIZER`` when set.
 """
 
 import os
@@ -23,6 +24,10 @@ class Environment(Protocol):
     def list_files(self) -> List[str]:
         """``.safetensors`` files in those folders, relative to them."""
 
+    def host_files(self, kind: str) -> List[Tuple[str, str]]:
+        """(name, path) of the host's own ``.safetensors`` model files of a kind: ``checkpoints``,
+        ``text_encoders`` or ``clip_vision`` (ComfyUI's folders), which CLIP pairs are made from."""
+
     def devices(self, choice: str) -> Tuple[torch.device, torch.device]:
         """(where models run, where they wait) for a device choice of Load Interrogator."""
 
@@ -36,14 +41,19 @@ class Environment(Protocol):
 
     def check_interrupt(self) -> None: ...
 
+    def t5_tokenizer_folder(self) -> Optional[str]:
+        """A folder with a T5 tokenizer.json to count t5xxl prompts with, or None."""
+
 
 class PlainEnvironment:
     name = "plain"
 
-    def __init__(self, models_dir: Optional[str] = None, budget_bytes: Optional[int] = None):
+    def __init__(self, models_dir: Optional[str] = None, budget_bytes: Optional[int] = None,
+                 host_models_dir: Optional[str] = None):
         self.models_dir = models_dir or os.environ.get("CLIP_INTERROGATOR_MODELS") or \
             os.path.join(os.path.expanduser("~"), ".cache", "clip_interrogator_nodes")
         self.budget_bytes = budget_bytes
+        self.host_models_dir = host_models_dir  # a ComfyUI-style models folder (checkpoints/, clip_vision/ ...)
 
     def model_folders(self) -> List[str]:
         return [self.models_dir]
@@ -56,6 +66,13 @@ class PlainEnvironment:
             found.extend(f if rel == "." else os.path.join(rel, f).replace(os.sep, "/")
                          for f in sorted(files) if f.endswith(".safetensors"))
         return found
+
+    def host_files(self, kind: str) -> List[Tuple[str, str]]:
+        folder = os.path.join(self.host_models_dir, kind) if self.host_models_dir else None
+        if not folder or not os.path.isdir(folder):
+            return []
+        return [(name, os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+                if name.endswith(".safetensors")]
 
     def devices(self, choice: str) -> Tuple[torch.device, torch.device]:
         cpu = torch.device("cpu")
@@ -77,6 +94,9 @@ class PlainEnvironment:
 
     def check_interrupt(self) -> None:
         pass
+
+    def t5_tokenizer_folder(self) -> Optional[str]:
+        return os.environ.get("CLIP_INTERROGATOR_T5_TOKENIZER") or None
 
 
 def current_environment() -> Environment:

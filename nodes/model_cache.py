@@ -140,6 +140,13 @@ class ModelCache:
             for resident in self._residents.values():
                 self.memory.offload(resident)
 
+    def drop(self, key: Hashable) -> None:
+        """Unload and forget one model."""
+        with self._lock:
+            resident = self._residents.pop(key, None)
+            if resident is not None:
+                self.memory.offload(resident)
+
     def clear(self) -> None:
         """Unload and forget every model (frees RAM too once nothing else holds them)."""
         with self._lock:

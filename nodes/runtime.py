@@ -4,22 +4,26 @@ Nothing here imports ComfyUI: the host comes in as an environment (see :mod:`.en
 """
 
 import threading
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
 from ..core import (DEFAULT_CAPTION_MODEL, NO_CAPTION, ImageError, Interrogator, InterrogatorError, VocabError,
                     Vocabulary, caption_needed, load_captioner, load_clip)
+from ..core.caption import CaptionOptions
+from ..core.encoder_prompts import PromptParts, get_target, write
 from ..core.images import as_pil_list
+from ..core.token_count import clip_counter, t5_counter
+from .comfy_graph import input_files
+from .comfy_models import ComfyPair
 from .display import Analysis
 from .environment import current_environment
 from .model_cache import ModelCache, Resident
-from .model_files import ModelFiles
+from .model_files import FilePair, ModelFiles
 
 PRECISIONS = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DEVICES = ("auto", "cpu")
-VOCABULARIES = ("builtin", "reference")
 
 
 class NodeError(RuntimeError):
@@ -34,15 +38,22 @@ def user_error(error: InterrogatorError) -> Exception:
 
 @dataclass(frozen=True)
 class InterrogatorSpec:
-    """What ``Load Interrogator`` outputs: which models and vocabulary to use. A handle, never weights."""
+    """What ``Load Interrogator`` outputs: which models and vocabulary to use. A handle, never weights: ``clip`` is
+    a model or pair name, or the CLIP + CLIP Vision taken from ComfyUI's loaders."""
 
-    clip: str
+    clip: Union[str, ComfyPair]
     caption: str = DEFAULT_CAPTION_MODEL
     precision: str = "auto"
     device: str = "auto"
     vocabulary: str = "builtin"
     artists: bool = True
     ban: Tuple[str, ...] = ()
+    caption_detail: str = "short"  # Florence-2's task, or a vision-language model's default instruction
+    caption_instruction: str = ""  # a vision-language model's own instruction
+    caption_max_tokens: int = 0  # 0: the caption model's default
+
+    def caption_options(self) -> CaptionOptions:
+        return CaptionOptions(self.caption_detail, self.caption_instruction, self.caption_max_tokens)
 
 
 class Runtime:
@@ -55,6 +66,8 @@ class Runtime:
         self._vocabs: Dict[tuple, Vocabulary] = {}
         self._engines: Dict[tuple, Interrogator] = {}
         self._indexed: Dict[tuple, set] = {}  # CLIP key -> keys of engines whose label index is built
+        self._pair_refs: Dict[tuple, tuple] = {}  # CLIP key of a converted ComfyUI pair -> its models' weakrefs
+        self._t5 = None  # the T5 token counter, read once
         self._lock = threading.RLock()
 
     def validate(self, spec: InterrogatorSpec) -> None:
@@ -64,9 +77,21 @@ class Runtime:
         if spec.device not in DEVICES:
             raise ValueError(f"CLIP Interrogator: unknown device {spec.device!r}; use {', '.join(DEVICES)}.")
         try:
-            self.files.clip_source(spec.clip)
+            if not isinstance(spec.clip, ComfyPair):  # a pair from ComfyUI's loaders was checked when made
+                self.files.clip_source(spec.clip)
             self.files.caption_source(spec.caption)
+            spec.caption_options()
             self.vocabulary(spec)
+        except InterrogatorError as error:
+            raise user_error(error) from error
+
+    def comfy_pair(self, clip, clip_vision, text_encoder: str = "auto", prompt=None, node_id=None) -> ComfyPair:
+        """ComfyUI's CLIP + CLIP Vision as one interrogator CLIP, checked now from shapes (converted on first use).
+        ``prompt`` and ``node_id`` (the graph and the asking node) tell which files the two came from."""
+        find = self.files.host_path
+        try:
+            return ComfyPair(clip, clip_vision, text_encoder, input_files(prompt, node_id, "clip", find),
+                             input_files(prompt, node_id, "clip_vision", find))
         except InterrogatorError as error:
             raise user_error(error) from error
 
@@ -84,11 +109,40 @@ class Runtime:
         return self.cache.get(key, loader, load_device, offload)
 
     def clip(self, spec: InterrogatorSpec) -> Resident:
-        source, models_dir = self.files.clip_source(spec.clip)
         load_device, offload, dtype = self._device_dtype(spec)
+        source = spec.clip if isinstance(spec.clip, ComfyPair) else self.files.clip_source(spec.clip)
+        if isinstance(source, (ComfyPair, FilePair)):
+            return self._pair(source, load_device, offload, dtype)
+        source, models_dir = source
         key = ("clip", source, str(dtype), str(load_device))
         return self._resident(key, lambda: load_clip(source, models_dir=models_dir, device=offload, dtype=dtype),
                               load_device, offload)
+
+    def _pair(self, pair: Union[ComfyPair, FilePair], load_device, offload, dtype) -> Resident:
+        """A text encoder + CLIP Vision converted once (on the CPU) into one CLIP, then cached like any model."""
+        self._forget_dropped_pairs()
+        key = (*pair.key, str(dtype), str(load_device))
+        if isinstance(pair, ComfyPair):
+            self._pair_refs[key] = pair.refs
+
+        def load():
+            clip = pair.load(dtype, self.env.progress())
+            clip.model.to(offload)
+            return clip
+
+        return self._resident(key, load, load_device, offload)
+
+    def _forget_dropped_pairs(self) -> None:
+        """A pair converted from ComfyUI's models shares their tensors: once ComfyUI drops the models, drop it too."""
+        with self._lock:
+            for key, refs in list(self._pair_refs.items()):
+                if all(ref() is not None for ref in refs):
+                    continue
+                del self._pair_refs[key]
+                self.cache.drop(key)
+                for engine_key in [k for k in self._engines if k[0] == key]:
+                    del self._engines[engine_key]
+                self._indexed.pop(key, None)
 
     def captioner(self, spec: InterrogatorSpec) -> Optional[Resident]:
         source, models_dir = self.files.caption_source(spec.caption)
@@ -103,9 +157,9 @@ class Runtime:
         key = (spec.vocabulary, spec.artists, spec.ban)
         with self._lock:
             if key not in self._vocabs:
-                if spec.vocabulary not in VOCABULARIES:
-                    raise VocabError(f"unknown vocabulary {spec.vocabulary!r}; use {', '.join(VOCABULARIES)}.")
-                vocab = Vocabulary.builtin() if spec.vocabulary == "builtin" else Vocabulary.reference()
+                folder = self.files.vocabulary_folder(spec.vocabulary)
+                vocab = Vocabulary.from_folder(folder) if folder else \
+                    Vocabulary.builtin() if spec.vocabulary == "builtin" else Vocabulary.reference()
                 vocab = vocab.with_user_lists(self.files.user_vocab_dir)
                 if not spec.artists:
                     vocab = vocab.without(roles=["artist"])
@@ -132,8 +186,14 @@ class Runtime:
     # -- running --------------------------------------------------------------------------------------------------
     def run(self, spec: InterrogatorSpec, images, mode: str, caption: Optional[str] = None,
             max_terms: Optional[int] = None) -> Tuple[List[str], List[str]]:
-        """Prompts and the captions used, one per image. Captions all images first, then runs CLIP, so the two
-        models take turns on the device."""
+        """Prompts and the captions used, one per image."""
+        parts = self.prompt_parts(spec, images, mode, caption, max_terms)
+        return [p.prompt for p in parts], [p.caption for p in parts]
+
+    def prompt_parts(self, spec: InterrogatorSpec, images, mode: str, caption: Optional[str] = None,
+                     max_terms: Optional[int] = None) -> List[PromptParts]:
+        """Each image's prompt as caption and terms. Captions all images first, then runs CLIP, so the two models
+        take turns on the device."""
         try:
             with self._lock:
                 images = as_pil_list(images)
@@ -145,15 +205,42 @@ class Runtime:
                 if captioner is not None:
                     self.cache.use([captioner])
                     self.env.check_interrupt()
-                captions = engine.captions(images, mode, given, captioner.value if captioner else None, hook)
+                captions = engine.captions(images, mode, given, captioner.value.using(spec.caption_options())
+                                           if captioner else None, hook)
                 self.cache.use([clip])
                 self.env.check_interrupt()
-                prompts = engine.interrogate(images, mode, captions=captions, max_terms=max_terms or None,
-                                             progress=hook)
+                parts = engine.prompt_parts(images, mode, captions=captions, max_terms=max_terms or None,
+                                            progress=hook)
                 self._account_index(clip, key, engine)
-                return prompts, captions
+                return parts
         except InterrogatorError as error:
             raise user_error(error) from error
+
+    def encoder_prompts(self, spec: InterrogatorSpec, images, target: str, mode: str, caption: Optional[str] = None,
+                        max_terms: Optional[int] = None, contents: Optional[Dict[str, str]] = None
+                        ) -> Tuple[Dict[str, List[str]], List[str]]:
+        """Per output of ``target`` (see core.encoder_prompts), one text per image; and the captions used."""
+        try:
+            row = get_target(target)
+            counters = {"clip": clip_counter(), "t5": self._t5_counter() if row.needs_t5 else None}
+        except InterrogatorError as error:
+            raise user_error(error) from error
+        with self._lock:
+            parts = self.prompt_parts(spec, images, mode, caption, max_terms)
+            if row.needs_negative:
+                negatives = self.prompt_parts(spec, images, "negative", None, max_terms)
+                parts = [replace(p, negative=n.terms) for p, n in zip(parts, negatives)]
+        try:
+            texts = [write(row, p, counters, contents) for p in parts]
+        except InterrogatorError as error:
+            raise user_error(error) from error
+        return {name: [t[name] for t in texts] for name in row.names}, [p.caption for p in parts]
+
+    def _t5_counter(self):
+        with self._lock:
+            if self._t5 is None:
+                self._t5 = t5_counter(self.env.t5_tokenizer_folder())
+            return self._t5
 
     def analyze(self, spec: InterrogatorSpec, images, top: int = 5) -> List[Analysis]:
         try:
@@ -169,6 +256,18 @@ class Runtime:
         except InterrogatorError as error:
             raise user_error(error) from error
 
+    def backbone(self, spec: InterrogatorSpec) -> str:
+        """Which CLIP weights the interrogator runs, in what precision and where (with any warning about them)."""
+        try:
+            with self._lock:
+                clip = self.clip(spec)
+        except InterrogatorError as error:
+            raise user_error(error) from error
+        model = clip.value
+        dtype = str(model.dtype).replace("torch.", "")
+        return "\n".join([f"CLIP: {model.description} ({dtype} on {clip.load_device})",
+                          *(f"warning: {note}" for note in model.notes)])
+
     def unload(self, free_ram: bool = False) -> int:
         """Move every model off the accelerator; ``free_ram`` also forgets them. Returns how many were cached."""
         with self._lock:
@@ -177,6 +276,7 @@ class Runtime:
                 self.cache.clear()
                 self._engines.clear()
                 self._indexed.clear()
+                self._pair_refs.clear()
             else:
                 self.cache.unload()
             return count

@@ -4,6 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import pytest
 
 from tests.tiny_models import TINY_CLIP_CONFIG
 
@@ -38,3 +41,26 @@ def test_cancel_latency_script_prints_its_table(tmp_path):
     assert rows[0].startswith("| hook calls | embedding: longest gap") and len(rows) == 3
     assert rows[1].startswith("| per finished unit only |") and rows[2].startswith("| polls every 0.2 s |")
     assert "identical prompt: yes" in result.stdout
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process state from /proc")
+def test_contention_runs_lowest_priority_spinners_and_always_stops_them():
+    from bench.benchmark import competing_load
+
+    with pytest.raises(KeyboardInterrupt):
+        with competing_load(2) as pids:
+            assert len(pids) == 2
+            deadline = time.monotonic() + 30
+            while any(os.getpriority(os.PRIO_PROCESS, p) != 19 for p in pids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [os.getpriority(os.PRIO_PROCESS, p) for p in pids] == [19, 19]
+            assert os.getsid(0) not in {os.getsid(p) for p in pids}  # they compete like other programs
+            assert all(_alive(p) for p in pids)
+            raise KeyboardInterrupt  # a Ctrl-C mid-run
+    assert not any(_alive(p) for p in pids)

@@ -203,7 +203,7 @@ def test_every_node_is_declared_for_comfyui(comfy):
         assert cls.CATEGORY == "CLIP Interrogator"
         assert callable(getattr(cls(), cls.FUNCTION))
         inputs = cls.INPUT_TYPES()
-        for section in inputs.values():
+        for section in (inputs.get("required", {}), inputs.get("optional", {})):  # hidden inputs are no widgets
             for input_name, declaration in section.items():
                 assert declaration[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
         assert len(getattr(cls, "OUTPUT_IS_LIST", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
@@ -498,7 +498,8 @@ def _widget_names(cls):
     return names
 
 
-@pytest.mark.parametrize("filename", ["sd15_image_to_prompt.json", "sdxl_image_to_prompt.json"])
+@pytest.mark.parametrize("filename", ["sd15_image_to_prompt.json", "sdxl_image_to_prompt.json",
+                                      "flux_image_to_prompt.json"])
 def test_example_workflows_are_consistent(comfy, filename):
     with open(os.path.join(ROOT, "example_workflows", filename)) as file:
         workflow = json.load(file)
@@ -512,19 +513,114 @@ def test_example_workflows_are_consistent(comfy, filename):
     for n in ours:
         cls = comfy.pack.NODE_CLASS_MAPPINGS[n["type"]]
         assert len(n["widgets_values"]) == len(_widget_names(cls)), n["type"]
+        assert [o["name"] for o in n["outputs"]] == list(cls.RETURN_NAMES), n["type"]
     loader = next(n for n in ours if n["type"] == "ClipInterrogatorLoad")
-    expected_clip = "ViT-L-14/openai" if "sd15" in filename else "ViT-bigG-14/laion2b_s39b_b160k"
+    expected_clip = "ViT-bigG-14/laion2b_s39b_b160k" if "sdxl" in filename else "ViT-L-14/openai"
     assert loader["widgets_values"][0] == expected_clip
-    targets = {(nodes[dst]["type"], nodes[dst]["inputs"][slot]["name"])
-               for _, src, _, dst, slot, _ in workflow["links"] if nodes[src]["type"].startswith("ClipInterrogator")
-               and nodes[src]["outputs"][0]["type"] == "STRING"}
+    # (node, output) -> (encoder node, input) of every prompt link
+    wired = {(nodes[src]["type"], nodes[src]["outputs"][slot]["name"], nodes[dst]["type"],
+              nodes[dst]["inputs"][i]["name"]) for _, src, slot, dst, i, kind in workflow["links"] if kind == "STRING"}
     if "sd15" in filename:
-        assert ("CLIPTextEncode", "text") in targets
+        assert ("ClipInterrogatorInterrogate", "prompt", "CLIPTextEncode", "text") in wired
         assert {"CheckpointLoaderSimple", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage",
                 "LoadImage"} <= {n["type"] for n in nodes.values()}
-    else:
-        assert targets == {("CLIPTextEncodeSDXL", "text_g"), ("CLIPTextEncodeSDXL", "text_l")}
-        negative = next(n for n in ours if n["type"] == "ClipInterrogatorNegativePrompt")
+    elif "sdxl" in filename:
+        node_type = "ClipInterrogatorPromptsSDXL"
+        assert wired == {(node_type, "text_g", "CLIPTextEncodeSDXL", "text_g"),
+                         (node_type, "text_l", "CLIPTextEncodeSDXL", "text_l"),
+                         (node_type, "negative", "CLIPTextEncodeSDXL", "text_g"),
+                         (node_type, "negative", "CLIPTextEncodeSDXL", "text_l")}
         sampler = next(n for n in nodes.values() if n["type"] == "KSampler")
         negative_encoder = [l[1] for l in workflow["links"] if l[3] == sampler["id"] and l[4] == 2][0]
-        assert {l[1] for l in workflow["links"] if l[3] == negative_encoder and l[5] == "STRING"} == {negative["id"]}
+        assert {nodes[l[1]]["outputs"][l[2]]["name"] for l in workflow["links"] if l[3] == negative_encoder
+                and l[5] == "STRING"} == {"negative"}
+    else:
+        node_type = "ClipInterrogatorPromptsFlux"
+        assert wired == {(node_type, "clip_l", "CLIPTextEncodeFlux", "clip_l"),
+                         (node_type, "t5xxl", "CLIPTextEncodeFlux", "t5xxl")}
+        clip_loader = next(n for n in nodes.values() if n["type"] == "DualCLIPLoader")
+        assert clip_loader["widgets_values"][2] == "flux"
+
+
+# -- caption model families and prompts per text encoder (issue 10) --------------------------------------------------
+@pytest.fixture
+def comfy_models(comfy):
+    """ComfyUI's own models/clip_interrogator folder, and a comfy package folder with a T5 tokenizer in the place
+    ComfyUI ships it (comfy/text_encoders/t5_tokenizer)."""
+    from tests.tiny_models import write_tiny_t5_tokenizer
+
+    folder = os.path.join(comfy.folder_paths.models_dir, "clip_interrogator")
+    package = os.path.join(os.path.dirname(comfy.folder_paths.models_dir), "comfy")
+    write_tiny_t5_tokenizer(os.path.join(package, "text_encoders", "t5_tokenizer"))
+    comfy.modules["comfy"].__file__ = os.path.join(package, "__init__.py")
+    return folder
+
+
+def test_florence2_and_a_vlm_caption_through_the_nodes(comfy, comfy_models, batch):
+    from tests.tiny_models import write_tiny_florence2, write_tiny_llava
+
+    write_tiny_florence2(os.path.join(comfy_models, "Florence-2-base"))
+    write_tiny_llava(os.path.join(comfy_models, "my-vlm"))
+    choices = comfy.pack.NODE_CLASS_MAPPINGS["ClipInterrogatorLoad"].INPUT_TYPES()["required"]["caption_model"][0]
+    assert {"florence-2-base", "florence-2-large", "qwen2.5-vl-3b", "joycaption-beta-one", "my-vlm"} <= set(choices)
+    assert "Florence-2-base" not in choices  # that folder *is* the florence-2-base preset
+    from core import load_captioner
+    from core.caption import CaptionOptions
+
+    for name, options in (("florence-2-base", dict(caption_detail="detailed", caption_max_tokens=8)),
+                          ("my-vlm", dict(caption_instruction="describe the cat in detail", caption_max_tokens=6))):
+        handle = load(comfy, caption_model=name, **options)
+        prompts, captions = interrogate(comfy, handle, batch, mode="fast")["result"]
+        assert len(prompts) == len(captions) == 3 and all(captions) and len(set(captions)) == 3
+        assert all(p.startswith(c) for p, c in zip(prompts, captions))
+        source = name if name == "florence-2-base" else os.path.join(comfy_models, name)
+        direct = load_captioner(source, models_dir=comfy_models).caption(
+            [comfy.runtime_module.as_pil_list(batch)[i] for i in range(3)],
+            options=CaptionOptions(options.get("caption_detail", "short"), options.get("caption_instruction", ""),
+                                   options["caption_max_tokens"]))
+        assert captions == direct
+    kinds = [r.key for r in comfy.runtime_module.runtime().cache.residents() if r.key[0] == "caption"]
+    assert len(kinds) == 2  # both caption models live in the one model cache ComfyUI manages
+    assert node(comfy, "ClipInterrogatorUnload").unload([True])["result"] == ([],)
+    assert len(comfy.runtime_module.runtime().cache) == 0
+
+
+def test_bad_caption_options_fail_at_load(comfy):
+    with pytest.raises(RuntimeError, match="caption detail"):
+        load(comfy, caption_detail="epic")
+
+
+def test_prompts_for_each_text_encoder(comfy, comfy_models, batch):
+    from core.encoder_prompts import TARGETS
+    from core.token_count import T5Counter, clip_counter
+
+    handle = load(comfy)
+    t5 = T5Counter(os.path.join(os.path.dirname(comfy.modules["comfy"].__file__), "text_encoders", "t5_tokenizer"))
+    sentence = "a woman in a red dress standing in a garden with roses and a black cat near an old house"
+    long_caption = " ".join([sentence] * 4)
+    for node_name, target in (("ClipInterrogatorPromptsSDXL", "sdxl"), ("ClipInterrogatorPromptsSD3", "sd3"),
+                              ("ClipInterrogatorPromptsFlux", "flux")):
+        cls = comfy.pack.NODE_CLASS_MAPPINGS[node_name]
+        assert cls.RETURN_NAMES == (*TARGETS[target].names, "caption") and set(cls.RETURN_TYPES) == {"STRING"}
+        extra = {"text_l": "same as text_g"} if target == "sdxl" else {}
+        out = cls().run(batch, handle, "fast", 6, long_caption, **extra)
+        result = dict(zip(cls.RETURN_NAMES, out["result"]))
+        assert result["caption"] == [long_caption] * 3 and len(out["ui"]["text"]) == 3
+        for output in TARGETS[target].outputs:
+            texts = result[output.name]
+            assert len(texts) == 3 and all(texts)
+            counter = t5 if output.encoder == "t5" else clip_counter()
+            assert all(counter.count(t) <= output.limit for t in texts), (target, output.name)
+        if target != "flux":
+            # the long caption no longer swallows the window: it is cut and terms follow
+            clip_text = result["text_g" if target == "sdxl" else "clip_l"][0]
+            assert clip_text.startswith("a woman in a red dress") and clip_text.count(", ") >= 3
+        else:
+            assert result["t5xxl"][0].startswith("A woman in a red dress standing in a garden with roses and a "
+                                                 "black cat near an old house a woman")
+            assert not result["clip_l"][0].startswith("a woman")
+    sdxl = node(comfy, "ClipInterrogatorPromptsSDXL").run(batch, handle, "fast", 6, "a red fox", text_l="style terms")
+    text_g, text_l, negative, _ = sdxl["result"]
+    assert all(g.startswith("a red fox, ") and g.endswith(l) for g, l in zip(text_g, text_l))
+    assert not any(l.startswith("a red fox") for l in text_l)
+    assert negative == node(comfy, "ClipInterrogatorNegativePrompt").run(batch, handle, 6)["result"][0]
