@@ -1,38 +1,48 @@
 """Command line: ``python -m core interrogate IMAGE_OR_FOLDER... [options]`` and
-``python -m core caption-folder FOLDER... [options]`` (exit status 3: some images could not be read)."""
+``python -m core caption-folder FOLDER... [options]``.
+
+Exit status: 0 every image got a prompt or caption; 2 nothing was done (bad option, missing model, no readable
+image); 3 some images could not be read (each named on stderr), the others' results were printed and written;
+130 cancelled.
+"""
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import signal
 import sys
 from dataclasses import replace
-from typing import List, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import torch
+from PIL import Image
 
 from .caption import CAPTION_MODELS, DEFAULT_CAPTION_MODEL, DETAILS, CaptionOptions, load_captioner
 from .clip_model import DEFAULT_CLIP, PRESETS, load_clip
 from .clip_pair import load_clip_pair
 from .dataset import JSONL_NAME, DatasetOptions, Summary, caption_dataset, default_jsonl, find_dataset
+from .devices import parse_device
 from .encoder_prompts import TARGETS, get_target, write
-from .errors import InterrogatorError
-from .images import find_images, open_image
+from .errors import Cancelled, ImageError, InterrogatorError
+from .files import atomic_path, check_writable
+from .images import find_images, iter_images
 from .interrogator import Interrogator, Settings, caption_needed
 from .modes import MODES
 from .token_count import clip_counter, t5_counter
 from .vocab import Vocabulary
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED, EXIT_CANCELLED = 0, 2, 3, 130
+CHUNK = 8  # images opened and interrogated together: memory stays bounded and prompts appear as they are made
 
 
-def default_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (0: the mode's default), got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,7 +109,7 @@ def _engine_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--vocab", default="builtin", help="'builtin', 'reference' (installed clip-interrogator) or a folder")
     run.add_argument("--user-vocab", metavar="DIR", help="folder of extra term lists")
     run.add_argument("--no-list", action="append", default=[], metavar="NAME", help="switch a term list off")
-    run.add_argument("--max-terms", "--max-flavors", dest="max_terms", type=int, default=None,
+    run.add_argument("--max-terms", "--max-flavors", dest="max_terms", type=_count, default=None,
                      help="most terms to add (default: the mode's: " +
                           ", ".join(f"{m.name} {m.max_terms}" for m in MODES.values()) + ")")
     run.add_argument("--reference", action="store_true", help="reproduce clip-interrogator 0.6.0's quirks exactly")
@@ -126,7 +136,7 @@ class _TqdmHook:
             return
         from tqdm import tqdm
 
-        if self.bar is None or desc != self.desc or done == 0:
+        if self.bar is None or desc != self.desc or done < self.bar.n:
             self.close()
             self.bar, self.desc = tqdm(total=total, desc=desc, leave=False, file=sys.stderr), desc
         self.bar.update(done - self.bar.n)
@@ -184,8 +194,8 @@ def _vocabulary(args) -> Vocabulary:
 
 
 def build(args) -> Interrogator:
-    device = default_device() if args.device == "auto" else args.device
-    dtype = DTYPES.get(args.dtype) or (torch.float16 if device.startswith("cuda") else torch.float32)
+    device = parse_device(args.device)
+    dtype = DTYPES.get(args.dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     vocab = _vocabulary(args)
     caption_name = args.caption_model if caption_needed(args.mode, getattr(args, "caption", None)) else "none"
     options = CaptionOptions(args.caption_detail, args.caption_instruction, args.caption_max_tokens)
@@ -204,15 +214,17 @@ def build(args) -> Interrogator:
 
 
 def _write(path: str, rows: List[List[str]], mode: str, columns=("prompt",)) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as file:
-        if path.lower().endswith(".csv"):
-            writer = csv.writer(file)
-            writer.writerow(["image", "mode", *columns])
-            writer.writerows([image, mode, *texts] for image, *texts in rows)
-        else:
-            file.writelines("\t".join([image, *texts]) + "\n" for image, *texts in rows)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as file:
+            if path.lower().endswith(".csv"):
+                writer = csv.writer(file)
+                writer.writerow(["image", "mode", *columns])
+                writer.writerows([image, mode, *texts] for image, *texts in rows)
+            else:
+                file.writelines("\t".join([image, *texts]) + "\n" for image, *texts in rows)
+    except OSError as error:
+        raise InterrogatorError(f"cannot write {path} ({error.strerror or error}); the prompts are printed "
+                                f"above.") from None
 
 
 def _encoder_prompts(args, engine: Interrogator, images, hook) -> List[dict]:
@@ -231,26 +243,65 @@ def interrogate(args) -> int:
     paths = find_images(args.inputs)
     if not paths:
         raise InterrogatorError(f"no images found in {', '.join(args.inputs)}")
-    images = [open_image(p) for p in paths]
-    hook = _TqdmHook(not args.quiet)
-    engine = build(args)
-    if args.target:
-        outputs = _encoder_prompts(args, engine, images, hook)
-        hook.close()
-        for path, texts in zip(paths, outputs):
-            print(json.dumps({"image": path, **texts}, ensure_ascii=False))
-        if args.out:
-            names = get_target(args.target).names
-            _write(args.out, [[path, *[t[n] for n in names]] for path, t in zip(paths, outputs)], args.mode, names)
-        return 0
-    prompts = engine.interrogate(images, args.mode, captions=args.caption, max_terms=args.max_terms, progress=hook)
-    hook.close()
-    rows = [[path, prompt] for path, prompt in zip(paths, prompts)]
-    for path, prompt in rows:
-        print(prompt if len(rows) == 1 else f"{path}\t{prompt}")
     if args.out:
-        _write(args.out, rows, args.mode)
-    return 0
+        check_writable(args.out, "--out file")
+    failed: List[str] = []
+    readable = _readable(paths, failed)
+    first = next(readable, None)  # models load only once an image is known to be readable
+    rows = []
+    if first is not None:
+        hook = _TqdmHook(not args.quiet)
+        engine = build(args)
+        run = _encoder_rows if args.target else _prompts
+        try:
+            for chunk in _chunks(itertools.chain([first], readable), CHUNK):
+                rows += run(engine, chunk, args, hook, single=len(paths) == 1)
+        finally:
+            hook.close()
+    if args.out and rows:
+        _write(args.out, rows, args.mode, get_target(args.target).names if args.target else ("prompt",))
+    if not failed:
+        return EXIT_OK
+    print(f"error: {len(failed)} of {len(paths)} images could not be read" +
+          ("; the others' prompts were written." if rows else "."), file=sys.stderr)
+    return EXIT_SOME_FAILED if rows else EXIT_ERROR
+
+
+def _readable(paths: List[str], failed: List[str]) -> Iterator[Tuple[str, Image.Image]]:
+    """The images that open, one at a time; each one that does not is reported, and added to ``failed``."""
+    for path, image in iter_images(paths):
+        if isinstance(image, ImageError):
+            failed.append(path)
+            print(f"error: {image}", file=sys.stderr, flush=True)
+        else:
+            yield path, image
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    items = iter(items)
+    while True:
+        chunk = list(itertools.islice(items, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _prompts(engine: Interrogator, chunk, args, hook, single: bool) -> List[List[str]]:
+    prompts = engine.interrogate([image for _, image in chunk], args.mode, captions=args.caption,
+                                 max_terms=args.max_terms, progress=hook)
+    rows = [[path, prompt] for (path, _), prompt in zip(chunk, prompts)]
+    for path, prompt in rows:
+        print(prompt if single else f"{path}\t{prompt}", flush=True)
+    return rows
+
+
+def _encoder_rows(engine: Interrogator, chunk, args, hook, single: bool) -> List[List[str]]:
+    """--target: one JSON line per image with each output of the target; rows of those outputs for --out."""
+    outputs = _encoder_prompts(args, engine, [image for _, image in chunk], hook)
+    names = get_target(args.target).names
+    for (path, _), texts in zip(chunk, outputs):
+        print(json.dumps({"image": path, **texts}, ensure_ascii=False), flush=True)
+    return [[path, *[texts[n] for n in names]] for (path, _), texts in zip(chunk, outputs)]
 
 
 def caption_folder(args) -> int:
@@ -277,16 +328,16 @@ def caption_folder(args) -> int:
     finally:
         hook.close()
         print(summary.text(), flush=True)
-    return 3 if summary.failed else 0
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"interrogate": interrogate, "caption-folder": caption_folder}[args.command](args)
+    except (KeyboardInterrupt, Cancelled):
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
     except InterrogatorError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cancelled", file=sys.stderr)
-        return 130
+        return EXIT_ERROR

@@ -11,7 +11,7 @@ import torch
 
 from .embeddings import EmbeddingCache, LabelIndex
 from .encoder_prompts import CAPTION_TOKENS, PromptParts
-from .errors import InterrogatorError
+from .errors import InterrogatorError, VocabError
 from .images import as_pil_list
 from .modes import get_mode
 from .progress import ProgressHook, Steps
@@ -49,9 +49,25 @@ def caption_needed(mode: str, captions: Captions) -> bool:
     """Whether a mode, given these captions (see ``Interrogator.captions``), has to run the caption model."""
     if not get_mode(mode).captioned:
         return False
+    captions = _checked(captions)
     if captions is None or isinstance(captions, str):
         return not captions
     return not all(captions)
+
+
+def _checked(captions: Captions) -> Captions:
+    """``captions`` if they have one of the accepted shapes (see ``Interrogator.captions``)."""
+    if captions is None or isinstance(captions, str):
+        return captions
+    if not isinstance(captions, (list, tuple)) or not all(c is None or isinstance(c, str) for c in captions):
+        raise InterrogatorError(f"captions must be None, one text for every image, or a list with one text (or "
+                                f"None) per image; got {type(captions).__name__} {captions!r:.60}.")
+    return captions
+
+
+def _check_count(value, name: str, minimum: int, default_note: str = "") -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise InterrogatorError(f"{name} must be a whole number >= {minimum}{default_note}, got {value!r}.")
 
 
 class Interrogator:
@@ -93,7 +109,8 @@ class Interrogator:
         all, or one per image (an empty one is captioned); modes without a caption get "", and so does every
         image when there is no caption model. Banned words are cut out of every caption, given or generated."""
         images = as_pil_list(images)
-        if isinstance(captions, str) or captions is None:
+        captions = _checked(captions)
+        if captions is None or isinstance(captions, str):
             captions = [captions] * len(images)
         if len(captions) != len(images):
             raise InterrogatorError(f"{len(captions)} captions were given for {len(images)} images.")
@@ -145,16 +162,15 @@ class Interrogator:
         """(prompt, whole caption, the caption as the prompt starts with it, image features) per image, as each is
         done."""
         spec = get_mode(mode)
-        if max_terms is not None and (isinstance(max_terms, bool) or not isinstance(max_terms, int) or max_terms < 0):
-            raise InterrogatorError(f"max_terms must be a whole number >= 0 (0: the mode's default of "
-                                    f"{spec.max_terms}), got {max_terms!r}.")
+        _check_count(max_terms, "max_terms", 0, f" (0: the mode's default of {spec.max_terms})")
+        self._check_terms(spec)
         images = as_pil_list(images)
         texts = self.captions(images, mode, captions, captioner, progress)
         self.label_index(progress)
-        features = self.clip.encode_images(images)
+        steps = Steps(progress, len(images), f"Interrogating ({mode})")
+        features = self.clip.encode_images(images, steps.tick)
         run = getattr(self, f"_{mode}")
         max_terms = max_terms or spec.max_terms
-        steps = Steps(progress if len(images) > 1 else None, len(images), f"Interrogating ({mode})")
         for i in range(len(images)):
             clip_caption = self._clip_caption(texts[i])
             # banned labels were never scored; this catches a banned phrase formed where a mode joins two texts
@@ -165,11 +181,23 @@ class Interrogator:
     def analyze(self, images, top: int = 5, progress: Optional[ProgressHook] = None
                 ) -> List[Dict[str, List[Tuple[str, float]]]]:
         """Per image and list, the ``top`` best labels with their cosine similarity to the image."""
+        _check_count(top, "top", 1)
         images = as_pil_list(images)
         index = self.label_index(progress)
-        features = self.clip.encode_images(images)
+        steps = Steps(progress, len(images), "Analyzing")
+        features = self.clip.encode_images(images, steps.tick)
+        steps.finish()
         return [{name: self._rank(features[i:i + 1], [name], top, scores=True) for name in index.spans}
                 for i in range(len(features))]
+
+    def _check_terms(self, spec) -> None:
+        """A mode whose lists are all switched off or banned empty would return "" and look like it worked."""
+        lists = getattr(self.vocab, spec.terms_from)
+        if any(tl.terms for tl in lists):
+            return
+        why = (f"every term of its lists ({', '.join(tl.name for tl in lists)}) is banned or the lists are empty"
+               if lists else "every list it draws from is switched off")
+        raise VocabError(f"{spec.name} mode has no terms to choose from: {why}. Switch lists on or ban fewer terms.")
 
     # -- modes ---------------------------------------------------------------------------------------------------
     def _fast(self, features, caption: str, max_terms: int, progress=None) -> str:
@@ -225,21 +253,21 @@ class Interrogator:
         phrases = set(phrases)
         if not phrases:
             return best_prompt
+        steps = Steps(progress, max_count, desc)
         if not best_prompt:
             candidates = list(phrases)
-            scores = sign * self._similarities_tensor(features, candidates)
+            scores = sign * self._similarities_tensor(features, candidates, steps.tick)
             best_prompt = candidates[int(scores.argmax())]
             best_sim = self._similarities(features, [best_prompt])[0]
             if reverse and self.settings.fix_negative_sign:
                 best_sim = -best_sim
             phrases.remove(best_prompt)
         current, current_sim = best_prompt, best_sim
-        steps = Steps(progress, max_count, desc)
         for idx in range(max_count):
             candidates = self._chain_candidates(current, phrases)
             if not candidates:
                 break
-            scores = sign * self._chain_scores(features, current, candidates)
+            scores = sign * self._chain_scores(features, current, candidates, steps.tick)
             best = int(scores.argmax())
             flavor, sim = candidates[best], float(scores[best])
             prompt = f"{current}, {flavor}"
@@ -262,7 +290,7 @@ class Interrogator:
             candidates = [c for c in candidates if self.encoder.token_count(c) - 2 <= room]
         return candidates
 
-    def _chain_scores(self, features, current: str, candidates: List[str]) -> torch.Tensor:
+    def _chain_scores(self, features, current: str, candidates: List[str], poll=None) -> torch.Tensor:
         """Similarity of every ``"{current}, {candidate}"``, tokenising the shared prefix once.
 
         CLIP's tokenizer never merges tokens across a space, so the ids of ``prefix + ", " + term`` are the ids of
@@ -270,14 +298,14 @@ class Interrogator:
         """
         encoder = self.encoder
         if not encoder.fast:
-            return self._similarities_tensor(features, [f"{current}, {c}" for c in candidates])
+            return self._similarities_tensor(features, [f"{current}, {c}" for c in candidates], poll)
         prefix = [encoder.sot, *encoder.ids(current + ",")]  # memoised: the fit check tokenised it already
         if len(prefix) >= encoder.context_length:  # the prefix alone overflows: the tokenizer's truncation decides
             sequences = [encoder.sequence(prefix[1:] + encoder.ids(c)) for c in candidates]
-            text = encoder.encode_sequences(sequences)
+            text = encoder.encode_sequences(sequences, poll=poll)
         else:
             text = encoder.encode_continuations(prefix, [encoder.continuation(prefix, encoder.ids(c))
-                                                         for c in candidates])
+                                                         for c in candidates], poll)
         return (text @ features.T.to(encoder.clip.device))[:, 0].cpu()
 
     def _fit(self, text: str) -> str:
@@ -318,8 +346,8 @@ class Interrogator:
         return self._rows
 
     # -- scoring helpers -----------------------------------------------------------------------------------------
-    def _similarities_tensor(self, features, texts: List[str]) -> torch.Tensor:
-        return (self.encoder.encode(texts) @ features.T.to(self.clip.device))[:, 0].cpu()
+    def _similarities_tensor(self, features, texts: List[str], poll=None) -> torch.Tensor:
+        return (self.encoder.encode(texts, poll=poll) @ features.T.to(self.clip.device))[:, 0].cpu()
 
     def _similarities(self, features, texts: List[str]) -> List[float]:
         return self._similarities_tensor(features, texts).tolist()

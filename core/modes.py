@@ -18,6 +18,7 @@ class Mode:
     description: str
     reference: Optional[str] = None  # the clip-interrogator 0.6.0 method this mode reproduces, if any
     unlike: bool = False  # its terms are chosen for being least like the image (weighted output follows that)
+    terms_from: str = "pool"  # the Vocabulary property listing the term lists it draws from
 
 
 MODES: Dict[str, Mode] = {mode.name: mode for mode in (
@@ -26,8 +27,8 @@ MODES: Dict[str, Mode] = {mode.name: mode for mode in (
     Mode("classic", True, 3, "caption, medium, artist, site, movement and a few terms", "interrogate_classic"),
     Mode("fast", True, 32, "caption + the top-ranked terms", "interrogate_fast"),
     Mode("negative", False, 32, "the terms least like the image, for the negative encoder", "interrogate_negative",
-         unlike=True),
-    Mode("style", False, 6, "medium, artist, movement and look, without the subject"),
+         unlike=True, terms_from="negative_pool"),
+    Mode("style", False, 6, "medium, artist, movement and look, without the subject", terms_from="style"),
 )}
 
 

@@ -60,9 +60,6 @@ class InterrogatorSpec:
     def caption_options(self) -> CaptionOptions:
         return CaptionOptions(self.caption_detail, self.caption_instruction, self.caption_max_tokens)
 
-    def describe(self) -> str:
-        return f"{self.clip} + {self.caption} ({self.precision}, {self.device})"
-
 
 class Runtime:
     """Everything the nodes share: the environment, the model cache, vocabularies and engines."""

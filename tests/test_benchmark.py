@@ -40,6 +40,19 @@ def test_dataset_benchmark_prints_a_table_of_both_paths():
     assert result.stdout.rstrip().endswith("identical caption files: yes")
 
 
+
+
+def test_cancel_latency_script_prints_its_table(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "cancel_latency.py"), "--arch", str(config), "--labels", "600"],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| hook calls | embedding: longest gap") and len(rows) == 3
+    assert rows[1].startswith("| per finished unit only |") and rows[2].startswith("| polls every 0.2 s |")
+    assert "identical prompt: yes" in result.stdout
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as file:

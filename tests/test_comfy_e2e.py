@@ -366,8 +366,6 @@ def test_interrogator_from_comfyui_loaders_equals_the_open_clip_file(tmp_path):
     """Full-size ViT-L-14 weights loaded by ComfyUI's own CLIPLoader and CLIPVisionLoader, wired into Interrogator
     from ComfyUI Models -> Interrogate Image, give the prompts of the same weights as an open_clip file through Load
     Interrogator, and of the file pair Load Interrogator lists; an SD 1.x-style clip_l is a one-line node error."""
-    from tests.tiny_models import sample_images
-
     base_dir = tmp_path / "comfy"
     models = base_dir / "models"
     for folder in ("custom_nodes", "input", "models/clip_interrogator", "models/text_encoders", "models/clip_vision"):
