@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from core import (Cancelled, ImageError, Interrogator, InterrogatorError, ModelLoadError, ModelNotFoundError,
-                  VocabError, Vocabulary, load_captioner, load_clip)
+                  Settings, VocabError, Vocabulary, load_captioner, load_clip)
 from core.embeddings import EmbeddingCache, LabelIndex
 from core.images import MAX_PIXELS, as_pil_list, open_image
 from core.text_encoder import MAX_TEXT_CHARS, TextEncoder
@@ -492,12 +492,20 @@ def test_giant_caption_is_cut_before_tokenizing(clip, small_vocab, images, tmp_p
         return encode(text)
 
     monkeypatch.setattr(clip.tokenizer, "encode", bounded_encode)
+    # ours cuts the caption part of the prompt to its token budget; the reference's settings keep it whole
     engine = Interrogator(clip, None, small_vocab, cache_dir=str(tmp_path))
+    for mode in ("fast", "best"):
+        parts = engine.prompt_parts(images[0], mode, captions=caption)[0]
+        assert parts.caption == caption  # kept whole (the T5 outputs take it)
+        assert parts.prompt.startswith(parts.head) and " ".join(caption.split()).startswith(parts.head)
+        assert parts.head or len(caption.split()[0]) > MAX_TEXT_CHARS  # only a giant first word leaves none
+        if len(" ".join(caption.split())) < 100:  # a few words between giant whitespace runs are all kept
+            assert parts.head == " ".join(caption.split()), parts.head
+    reference = Interrogator(clip, None, small_vocab, cache_dir=str(tmp_path), settings=Settings.reference())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for mode in ("fast", "best"):
-            prompt = engine.interrogate(images[0], mode, captions=caption)[0]
-            assert prompt.startswith(caption)  # the caption itself is kept; only its tokenization is bounded
+            assert reference.interrogate(images[0], mode, captions=caption)[0].startswith(caption)
     assert seen
     cut = len(" ".join(caption.split())) > MAX_TEXT_CHARS  # whitespace runs alone are collapsed, not cut
     assert any("before tokenizing" in str(w.message) for w in caught) == cut
