@@ -7,7 +7,6 @@ transformers loads natively as image-text-to-text (SmolVLM, Qwen2.5-VL, Qwen3-VL
 JoyCaption) falls to the generic vision-language row. Remote code is never run.
 """
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -15,7 +14,10 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from .errors import ModelLoadError, ModelNotFoundError
+from . import hub
+from .devices import parse_device
+from .errors import ModelLoadError, ModelNotFoundError, first_line, out_of_memory
+from .files import check_safetensors, get, read_json
 from .progress import ProgressHook, Steps
 
 CAPTION_MODELS = {
@@ -195,15 +197,29 @@ class Captioner:
         captions: List[str] = []
         steps = Steps(hook, -(-len(images) // self.batch_size), "Captioning")
         dtype = next(self.model.parameters()).dtype
+        polling = _polling(steps.tick)
         generate = dict(family.generate, max_new_tokens=options.max_new_tokens or self.max_new_tokens)
         for start in range(0, len(images), self.batch_size):
             inputs = family.inputs(self.processor, images[start:start + self.batch_size], options).to(self.device)
             if family.cast_inputs:
                 inputs = inputs.to(dtype)
-            tokens = self.model.generate(**inputs, **generate)
+            tokens = self.model.generate(**inputs, **generate, stopping_criteria=polling)
             captions.extend(family.decode(self.processor, tokens, inputs))
             steps.advance()
         return captions
+
+
+def _polling(poll):
+    """A stopping criterion that never stops generation but calls ``poll`` after every generated token: a batch
+    of captions takes seconds on a CPU, and this is how a cancel reaches the middle of it."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Poll(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            poll()
+            return False  # "not done" for every sequence, in the form every transformers version accepts
+
+    return StoppingCriteriaList([Poll()])
 
 
 @dataclass(frozen=True)
@@ -232,24 +248,25 @@ def caption_model_folder(name: str, models_dir: Optional[str]) -> Optional[str]:
 
 
 # -- finding the family and checking the installed transformers ----------------------------------------------------
-def _config(source: str) -> dict:
-    """The model's config.json: from its folder, the Hugging Face cache or the hub (OSError when none has it)."""
+def _config(source: str, name: str, models_dir: Optional[str]) -> dict:
+    """The model's config.json, its fields checked: from its folder, else the Hugging Face cache, else the hub if it
+    answers at once (see :mod:`.hub`)."""
     if os.path.isdir(source):
         path = os.path.join(source, "config.json")
         if not os.path.isfile(path):
-            raise ModelLoadError(f"caption model folder {source} has no config.json; put the model's files there.")
+            raise ModelLoadError(f"caption model folder {source} has no config.json; copy every file of the model's "
+                                 f"Hugging Face repository (config.json, model.safetensors, preprocessor and "
+                                 f"tokenizer files) into it.")
     else:
-        from transformers.utils import cached_file
-
-        path = cached_file(source, "config.json")
-    try:
-        with open(path, "r", encoding="utf-8") as file:
-            config = json.load(file)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot read {path}: {error}") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{path} is not a model config (a JSON object with a model_type).")
-    return config
+        try:
+            path = hub.download(source, "config.json")
+        except hub.HubError as error:
+            raise _not_found(name, source, models_dir, error) from None
+    raw = read_json(path, ModelLoadError, "a transformers model config (the config.json of the model's repo)")
+    for key in ("text_config", "vision_config", "qformer_config"):
+        get(raw, key, dict, path, ModelLoadError, default=None)
+    get(raw, "model_type", str, path, ModelLoadError, default=None)
+    return raw
 
 
 def installed_transformers() -> str:
@@ -318,10 +335,10 @@ def _source(name: str, models_dir: Optional[str]) -> str:
                              f"'{NO_CAPTION}', a Hugging Face id or a local folder.")
 
 
-def _not_found(name: str, source: str, models_dir: Optional[str], error: Exception) -> ModelNotFoundError:
+def _not_found(name: str, source: str, models_dir: Optional[str], reason) -> ModelNotFoundError:
     folder = caption_model_folder(name, models_dir) or f"<models>/{source.split('/')[-1]}"
     return ModelNotFoundError(
-        f"caption model {name} ({source}) is not in {folder} and could not be downloaded. Put the files of "
+        f"caption model {name} ({source}) is not in {folder} and could not be downloaded ({reason}). Put the files of "
         f"https://huggingface.co/{source} (config.json, model.safetensors, preprocessor and tokenizer files) "
         f"in {folder}, allow downloads (unset HF_HUB_OFFLINE), or use caption model '{NO_CAPTION}'.")
 
@@ -335,23 +352,55 @@ def load_captioner(name: Optional[str] = DEFAULT_CAPTION_MODEL, *, models_dir: O
     """
     if not name or name == NO_CAPTION:
         return None
+    if not isinstance(name, str):
+        raise ModelNotFoundError(f"a caption model is a name or a folder, not {type(name).__name__}.")
+    device = parse_device(device)
     source = _source(name, models_dir)
-    try:
-        config = _config(source)
-    except OSError as error:
-        raise _not_found(name, source, models_dir, error) from error
+    config = _config(source, name, models_dir)
     family = family_of(config.get("model_type"))
     model_class = _model_class(family, config, source)
-    from transformers import AutoProcessor
-
-    try:
-        model = model_class.from_pretrained(source, **_dtype_kwarg(torch.float32 if family.float32 else dtype))
-        processor = AutoProcessor.from_pretrained(source)
-    except OSError as error:
-        if os.path.isdir(source):
-            raise ModelLoadError(f"caption model folder {source} is incomplete or damaged: {error}") from error
-        raise _not_found(name, source, models_dir, error) from error
+    dtype = torch.float32 if family.float32 else dtype
+    if os.path.isdir(source):
+        model, processor = _from_folder(model_class, source, dtype)
+    else:
+        model, processor = _from_hub(model_class, source, dtype, name, models_dir)
     if family.left_padding and getattr(processor, "tokenizer", None) is not None:
         processor.tokenizer.padding_side = "left"
     return Captioner(model.to(device), processor, os.path.basename(os.path.normpath(name)), max_new_tokens,
                      family=family)
+
+
+def _load(model_class, source: str, dtype: torch.dtype, **options):
+    """Model and processor; safetensors weights only (``use_safetensors``: a pickled-only model is refused)."""
+    from transformers import AutoProcessor
+
+    model = model_class.from_pretrained(source, use_safetensors=True, **_dtype_kwarg(dtype), **options)
+    return model, AutoProcessor.from_pretrained(source, **options)
+
+
+def _from_folder(model_class, folder: str, dtype: torch.dtype):
+    for weights in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
+        check_safetensors(os.path.join(folder, weights), ModelLoadError)
+    try:
+        return _load(model_class, folder, dtype)
+    except Exception as error:  # transformers reports a bad folder with many types (OSError, ValueError, ...)
+        if out_of_memory(error):
+            raise
+        raise ModelLoadError(f"caption model folder {folder} is incomplete or damaged: {first_line(error)}") \
+            from error
+
+
+def _from_hub(model_class, repo: str, dtype: torch.dtype, name: str, models_dir: Optional[str]):
+    """From the Hugging Face cache when it has the model (no network), else downloaded if the hub answers at once."""
+    if hub.cached_file(repo, "config.json"):
+        try:
+            return _load(model_class, repo, dtype, local_files_only=True)
+        except OSError:
+            pass  # only part of it is cached: download the rest
+    reason = hub.unreachable()
+    if reason is None:
+        try:
+            return _load(model_class, repo, dtype)
+        except OSError as error:
+            reason = first_line(error)
+    raise _not_found(name, repo, models_dir, reason)

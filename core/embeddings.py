@@ -1,19 +1,20 @@
 """Text embeddings of term lists: computed once per (CLIP weights, list content), cached on disk.
 
 A cache file holds one list's unit-length embeddings in fp16 (as the reference stores them, so rankings match it)
-plus what they were made from. Files are written to a temp name and renamed, so a crash or a cancel never leaves a
-half-written cache; a corrupt, truncated or stale file is rebuilt with a warning.
+plus what they were made from. Files are written to a unique temp name and renamed, so a crash or a cancel never
+leaves a half-written cache; a corrupt, truncated or stale file, or one of the wrong shape or holding NaN, is rebuilt
+with a warning.
 """
 
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .files import atomic_path
 from .progress import ProgressHook
 from .vocab import Vocabulary
 
@@ -25,8 +26,17 @@ def labels_hash(labels: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(labels).encode("utf-8")).hexdigest()
 
 
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+    """A file-name-safe form of a list name, distinct for distinct names: a name that needs changing ("日本",
+    "a b", "a/b") keeps its ASCII letters plus a short hash of the whole name."""
+    safe = _safe(text)
+    if safe == text:
+        return safe
+    return f"{safe[:40] or 'x'}~{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
 
 
 class EmbeddingCache:
@@ -38,24 +48,26 @@ class EmbeddingCache:
     def path(self, model_name: str, model_key: str, list_name: str, content_hash: str) -> Optional[str]:
         if not self.root:
             return None
-        return os.path.join(self.root, f"{_slug(model_name)}_{model_key}",
+        return os.path.join(self.root, f"{_safe(model_name) or 'model'}_{model_key}",  # the key makes it unique
                             f"{_slug(list_name)}-{content_hash[:16]}.safetensors")
 
-    def load(self, path: Optional[str], meta: Dict[str, str]) -> Optional[torch.Tensor]:
+    def load(self, path: Optional[str], meta: Dict[str, str], dim: int) -> Optional[torch.Tensor]:
+        """The cached ``[count, dim]`` fp16 embeddings, or None (with a warning) when the file is missing,
+        unreadable, made from other labels or weights, of another shape, or holds NaN/infinity."""
         if not path or not os.path.exists(path):
             return None
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(path, framework="pt") as file:
                 stored = file.metadata() or {}
                 embeds = file.get_tensor("embeds")
-        except Exception as error:  # safetensors raises several types for damaged files
+        except (OSError, SafetensorError) as error:
             warnings.warn(f"embedding cache {path} is unreadable ({error}); rebuilding it.")
             return None
-        if any(stored.get(k) != v for k, v in meta.items()) or embeds.ndim != 2 \
-                or embeds.shape[0] != int(meta["count"]):
-            warnings.warn(f"embedding cache {path} was made from other labels or weights; rebuilding it.")
+        problem = _mismatch(stored, embeds, meta, dim)
+        if problem:
+            warnings.warn(f"embedding cache {path} {problem}; rebuilding it.")
             return None
         return embeds
 
@@ -64,17 +76,10 @@ class EmbeddingCache:
             return
         from safetensors.torch import save_file
 
-        folder = os.path.dirname(path)
         try:
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-            os.close(fd)
-            try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with atomic_path(path) as tmp:
                 save_file({"embeds": embeds.contiguous()}, tmp, metadata=meta)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
             self._prune(path)
         except OSError as error:
             warnings.warn(f"cannot write embedding cache {path} ({error}); embeddings are kept in memory only.")
@@ -90,6 +95,17 @@ class EmbeddingCache:
             os.remove(old)
 
 
+def _mismatch(stored: Dict[str, str], embeds: torch.Tensor, meta: Dict[str, str], dim: int) -> Optional[str]:
+    """What makes a readable cache file unusable, if anything."""
+    if any(stored.get(k) != v for k, v in meta.items()):
+        return "was made from other labels or weights"
+    if tuple(embeds.shape) != (int(meta["count"]), dim) or embeds.dtype != torch.float16:
+        return f"holds a {list(embeds.shape)} {embeds.dtype} matrix, not [{meta['count']}, {dim}] float16"
+    if not bool(torch.isfinite(embeds).all()):
+        return "holds NaN or infinite values"
+    return None
+
+
 def embed_labels(encoder, labels: List[str], cache: EmbeddingCache, list_name: str,
                  hook: Optional[ProgressHook] = None) -> torch.Tensor:
     """fp16 unit-length embeddings of ``labels`` on the CPU, from the cache when it matches."""
@@ -98,7 +114,7 @@ def embed_labels(encoder, labels: List[str], cache: EmbeddingCache, list_name: s
     meta = {"format": FORMAT, "model": clip.name, "model_key": clip.key, "dtype": str(clip.dtype),
             "labels_sha256": content, "count": str(len(labels))}
     path = cache.path(clip.name, f"{clip.key}_{str(clip.dtype).replace('torch.', '')}", list_name, content)
-    embeds = cache.load(path, meta)
+    embeds = cache.load(path, meta, encoder._output_dim())
     if embeds is None:
         embeds = encoder.encode(labels, hook, f"Embedding {list_name}").half().cpu()
         cache.save(path, embeds, meta)

@@ -26,3 +26,18 @@ class VocabError(InterrogatorError):
 
 class Cancelled(InterrogatorError):
     """Long work was cancelled through the progress hook."""
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure (GPU, MPS or CPU): loaders let these through instead of
+    reporting a missing or damaged model."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to one line, for errors that quote a library's."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

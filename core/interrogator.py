@@ -6,17 +6,18 @@ names the difference and ``Settings.reference()`` switches back to the reference
 
 import bisect
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .confidence import KEEP, Calibration, Confidence, Reading, choose, gaps, picks, read
 from .embeddings import EmbeddingCache, LabelIndex
 from .encoder_prompts import CAPTION_TOKENS, PromptParts
-from .errors import InterrogatorError
+from .errors import InterrogatorError, VocabError
 from .images import as_pil_list, detail_crops
 from .modes import MODES, get_mode
 from .progress import ProgressHook, Steps
+from .result import Interrogation, Span, Term, segment
 from .text_encoder import TextEncoder
 from .token_count import shorten
 from .vocab import Vocabulary
@@ -65,9 +66,25 @@ def caption_needed(mode: str, captions: Captions) -> bool:
     """Whether a mode, given these captions (see ``Interrogator.captions``), has to run the caption model."""
     if not get_mode(mode).captioned:
         return False
+    captions = _checked(captions)
     if captions is None or isinstance(captions, str):
         return not captions
     return not all(captions)
+
+
+def _checked(captions: Captions) -> Captions:
+    """``captions`` if they have one of the accepted shapes (see ``Interrogator.captions``)."""
+    if captions is None or isinstance(captions, str):
+        return captions
+    if not isinstance(captions, (list, tuple)) or not all(c is None or isinstance(c, str) for c in captions):
+        raise InterrogatorError(f"captions must be None, one text for every image, or a list with one text (or "
+                                f"None) per image; got {type(captions).__name__} {captions!r:.60}.")
+    return captions
+
+
+def _check_count(value, name: str, minimum: int, default_note: str = "") -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise InterrogatorError(f"{name} must be a whole number >= {minimum}{default_note}, got {value!r}.")
 
 
 class Interrogator:
@@ -83,6 +100,7 @@ class Interrogator:
         self.encoder = TextEncoder(clip)
         self.cache = EmbeddingCache(cache_dir)
         self._index: Optional[LabelIndex] = None
+        self._rows: Optional[Dict[str, Tuple[str, int]]] = None
 
     # -- public API ----------------------------------------------------------------------------------------------
     def label_index(self, progress: Optional[ProgressHook] = None) -> LabelIndex:
@@ -107,9 +125,10 @@ class Interrogator:
                  progress: Optional[ProgressHook] = None) -> List[str]:
         """The caption each image's prompt starts with: ``captions`` is None (the caption model), one text for
         all, or one per image (an empty one is captioned); modes without a caption get "", and so does every
-        image when there is no caption model."""
+        image when there is no caption model. Banned words are cut out of every caption, given or generated."""
         images = as_pil_list(images)
-        if isinstance(captions, str) or captions is None:
+        captions = _checked(captions)
+        if captions is None or isinstance(captions, str):
             captions = [captions] * len(images)
         if len(captions) != len(images):
             raise InterrogatorError(f"{len(captions)} captions were given for {len(images)} images.")
@@ -121,13 +140,23 @@ class Interrogator:
         if missing and captioner is not None:
             for i, text in zip(missing, self.caption([images[i] for i in missing], captioner, progress)):
                 captions[i] = text
-        return captions
+        return [self.vocab.ban.scrub(c) for c in captions]
 
     def interrogate(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
                     captioner=None, progress: Optional[ProgressHook] = None, detail: bool = False) -> List[str]:
         """One prompt per image. ``captions`` and ``captioner``: see ``captions``; ``max_terms``: the most terms
         added (default: the mode's); ``detail``: also score crops (modes with a detail pass)."""
         return [p.text for p in self.prompts(images, mode, captions, max_terms, captioner, progress, detail)]
+
+    def interrogations(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
+                       captioner=None, progress: Optional[ProgressHook] = None,
+                       detail: bool = False) -> Iterator[Interrogation]:
+        """``interrogate``'s prompts with what each is made of: the caption the prompt starts with and every chosen
+        term with its list, role and CLIP score (see :mod:`.result`). Yielded one image at a time as each is done;
+        captions and image features of all ``images`` are computed first, in batches."""
+        for prompt, features in self._prompts(images, mode, captions, max_terms, captioner, progress, detail):
+            yield Interrogation(prompt.text, prompt.head, mode, self._spans(features, prompt.text, prompt.head),
+                                prompt.gaps)
 
     def prompt_parts(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
                      captioner=None, progress: Optional[ProgressHook] = None) -> List[PromptParts]:
@@ -150,51 +179,69 @@ class Interrogator:
                 captioner=None, progress: Optional[ProgressHook] = None, detail: bool = False) -> List[Prompt]:
         """``interrogate``, with each prompt's whole caption, the part it starts with, and the lists the mode found
         no good term in."""
+        return [prompt for prompt, _ in self._prompts(images, mode, captions, max_terms, captioner, progress, detail)]
+
+    def _prompts(self, images, mode, captions, max_terms, captioner, progress, detail
+                 ) -> Iterator[Tuple[Prompt, torch.Tensor]]:
+        """(prompt, image features) per image, as each is done."""
         spec = get_mode(mode)
-        if max_terms is not None and (isinstance(max_terms, bool) or not isinstance(max_terms, int) or max_terms < 0):
-            raise InterrogatorError(f"max_terms must be a whole number >= 0 (0: the mode's default of "
-                                    f"{spec.max_terms}), got {max_terms!r}.")
+        _check_count(max_terms, "max_terms", 0, f" (0: the mode's default of {spec.max_terms})")
         if detail and not spec.detail_pass:
             raise InterrogatorError(f"{mode} mode has no detail pass; use it with "
                                     f"{', '.join(m.name for m in MODES.values() if m.detail_pass)} mode.")
+        self._check_terms(spec)
         images = as_pil_list(images)
         texts = self.captions(images, mode, captions, captioner, progress)
         self.label_index(progress)
-        features = self.clip.encode_images(images)
+        steps = Steps(progress, len(images), f"Interrogating ({mode})")
+        features = self.clip.encode_images(images, steps.tick)
         run = getattr(self, f"_{mode}")
         max_terms = max_terms or spec.max_terms
-        steps = Steps(progress if len(images) > 1 else None, len(images), f"Interrogating ({mode})")
-        prompts = []
         for i, image in enumerate(images):
-            options = {"crops": self.clip.encode_images(detail_crops(image))} if detail else {}
+            options = {"crops": self.clip.encode_images(detail_crops(image), steps.tick)} if detail else {}
             head = self._clip_caption(texts[i])
-            text = run(features[i:i + 1], head, max_terms, progress, **options)
+            # banned labels were never scored; this catches a banned phrase formed where a mode joins two texts
+            text = self.vocab.ban.scrub(run(features[i:i + 1], head, max_terms, progress, **options))
             found = self._gaps(self._readings(features[i:i + 1])) if spec.gap_warnings else ()
-            prompts.append(Prompt(text, texts[i], tuple(found), head))
             steps.advance()
-        return prompts
+            yield Prompt(text, texts[i], tuple(found), head), features[i:i + 1]
 
     def analyze(self, images, top: int = 5, progress: Optional[ProgressHook] = None
                 ) -> List[Dict[str, List[Tuple[str, float]]]]:
         """Per image and list, the ``top`` best labels with their cosine similarity to the image."""
+        _check_count(top, "top", 1)
         images = as_pil_list(images)
         index = self.label_index(progress)
-        features = self.clip.encode_images(images)
+        steps = Steps(progress, len(images), "Analyzing")
+        features = self.clip.encode_images(images, steps.tick)
+        steps.finish()
         return [{name: self._rank(features[i:i + 1], [name], top, scores=True) for name in index.spans}
                 for i in range(len(features))]
 
     def confidence(self, images, top: int = 5, progress: Optional[ProgressHook] = None) -> List[Confidence]:
         """Per image, every ranked list's ``top`` terms with how far each leads the next (in the list's spread of
         scores), and the exhaustive lists in which no term fits (see ``confidence``)."""
+        _check_count(top, "top", 1)
         images = as_pil_list(images)
         self.label_index(progress)
-        features = self.clip.encode_images(images)
+        steps = Steps(progress, len(images), "Analyzing")
+        features = self.clip.encode_images(images, steps.tick)
+        steps.finish()
         out = []
         for i in range(len(images)):
             readings = self._readings(features[i:i + 1], max(top, KEEP))
             confident = tuple(name for name, reading in readings.items() if picks(reading, self.calibration))
             out.append(Confidence(readings, confident, tuple(self._gaps(readings))))
         return out
+
+    def _check_terms(self, spec) -> None:
+        """A mode whose lists are all switched off or banned empty would return "" and look like it worked."""
+        lists = getattr(self.vocab, spec.terms_from)
+        if any(tl.terms for tl in lists):
+            return
+        why = (f"every term of its lists ({', '.join(tl.name for tl in lists)}) is banned or the lists are empty"
+               if lists else "every list it draws from is switched off")
+        raise VocabError(f"{spec.name} mode has no terms to choose from: {why}. Switch lists on or ban fewer terms.")
 
     # -- modes ---------------------------------------------------------------------------------------------------
     def _fast(self, features, caption: str, max_terms: int, progress=None) -> str:
@@ -259,21 +306,21 @@ class Interrogator:
         phrases = set(phrases)
         if not phrases:
             return best_prompt
+        steps = Steps(progress, max_count, desc)
         if not best_prompt:
             candidates = list(phrases)
-            scores = sign * self._similarities_tensor(features, candidates)
+            scores = sign * self._similarities_tensor(features, candidates, steps.tick)
             best_prompt = candidates[int(scores.argmax())]
             best_sim = self._similarities(features, [best_prompt])[0]
             if reverse and self.settings.fix_negative_sign:
                 best_sim = -best_sim
             phrases.remove(best_prompt)
         current, current_sim = best_prompt, best_sim
-        steps = Steps(progress, max_count, desc)
         for idx in range(max_count):
             candidates = self._chain_candidates(current, phrases)
             if not candidates:
                 break
-            scores = sign * self._chain_scores(features, current, candidates)
+            scores = sign * self._chain_scores(features, current, candidates, steps.tick)
             best = int(scores.argmax())
             flavor, sim = candidates[best], float(scores[best])
             prompt = f"{current}, {flavor}"
@@ -296,7 +343,7 @@ class Interrogator:
             candidates = [c for c in candidates if self.encoder.token_count(c) - 2 <= room]
         return candidates
 
-    def _chain_scores(self, features, current: str, candidates: List[str]) -> torch.Tensor:
+    def _chain_scores(self, features, current: str, candidates: List[str], poll=None) -> torch.Tensor:
         """Similarity of every ``"{current}, {candidate}"``, tokenising the shared prefix once.
 
         CLIP's tokenizer never merges tokens across a space, so the ids of ``prefix + ", " + term`` are the ids of
@@ -304,14 +351,14 @@ class Interrogator:
         """
         encoder = self.encoder
         if not encoder.fast:
-            return self._similarities_tensor(features, [f"{current}, {c}" for c in candidates])
+            return self._similarities_tensor(features, [f"{current}, {c}" for c in candidates], poll)
         prefix = [encoder.sot, *encoder.ids(current + ",")]  # memoised: the fit check tokenised it already
         if len(prefix) >= encoder.context_length:  # the prefix alone overflows: the tokenizer's truncation decides
             sequences = [encoder.sequence(prefix[1:] + encoder.ids(c)) for c in candidates]
-            text = encoder.encode_sequences(sequences)
+            text = encoder.encode_sequences(sequences, poll=poll)
         else:
             text = encoder.encode_continuations(prefix, [encoder.continuation(prefix, encoder.ids(c))
-                                                         for c in candidates])
+                                                         for c in candidates], poll)
         return (text @ features.T.to(encoder.clip.device))[:, 0].cpu()
 
     def _fit(self, text: str) -> str:
@@ -327,9 +374,33 @@ class Interrogator:
             fitted += ", " + part
         return fitted
 
+    # -- what a prompt is made of -------------------------------------------------------------------------------
+    def _spans(self, features, prompt: str, caption: str) -> Tuple[Span, ...]:
+        rows = self._label_rows()
+        spans = []
+        for text, is_label in segment(prompt, caption, rows.__contains__):
+            term = None
+            if is_label:
+                name, offset = rows[text]
+                labels, matrix = self._index.rows([name], self.clip.device)
+                score = _cosine(features.to(matrix.device, matrix.dtype), matrix, offset)
+                term = Term(text, name, self.vocab[name].role, score)
+            spans.append(Span(text, term))
+        return tuple(spans)
+
+    def _label_rows(self) -> Dict[str, Tuple[str, int]]:
+        """label -> (the first list holding it, its row in that list), in vocabulary order."""
+        if self._rows is None:
+            rows: Dict[str, Tuple[str, int]] = {}
+            for name in (tl.name for tl in self.vocab.lists):
+                for offset, label in enumerate(self._list_labels(name)):
+                    rows.setdefault(label, (name, offset))
+            self._rows = rows
+        return self._rows
+
     # -- scoring helpers -----------------------------------------------------------------------------------------
-    def _similarities_tensor(self, features, texts: List[str]) -> torch.Tensor:
-        return (self.encoder.encode(texts) @ features.T.to(self.clip.device))[:, 0].cpu()
+    def _similarities_tensor(self, features, texts: List[str], poll=None) -> torch.Tensor:
+        return (self.encoder.encode(texts, poll=poll) @ features.T.to(self.clip.device))[:, 0].cpu()
 
     def _similarities(self, features, texts: List[str]) -> List[float]:
         return self._similarities_tensor(features, texts).tolist()
@@ -386,8 +457,13 @@ class Interrogator:
             sims = (image @ matrix.T).float().cpu()
             top = (-sims if reverse else sims).topk(min(k, len(labels)), dim=-1).indices[0].tolist()
         if scores:
-            return [(labels[i], float(image[0].float() @ matrix[i].float())) for i in top]
+            return [(labels[i], _cosine(image, matrix, i)) for i in top]
         return [labels[i] for i in top]
+
+
+def _cosine(image: torch.Tensor, matrix: torch.Tensor, row: int) -> float:
+    """One label's score: what Analyze Image shows and what a result's terms carry, computed the same way."""
+    return float(image[0].float() @ matrix[row].float())
 
 
 def split_prompt(prompt: str, caption: str) -> Tuple[str, Tuple[str, ...]]:

@@ -14,8 +14,9 @@ Thread counts are set for the duration of a call and restored after it. Other de
 
 import contextlib
 import os
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable, Iterator, Sequence, TypeVar
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 import torch
 
@@ -73,30 +74,59 @@ def single_pass(device):
     return torch_threads(free_cores())
 
 
-def each_batch(work: Callable[[Job], Result], jobs: Sequence[Job], device,
-               done: Callable[[Job, Result], None]) -> None:
-    """``done(job, work(job))`` for every job, called in this thread; jobs are started in the given order.
+Poll = Callable[[], None]
+_WAIT_SECONDS = 0.05  # how often this thread wakes to poll while workers run (poll rate-limits itself)
 
-    On a CPU with more than one job and core, jobs run on worker threads with one intra-op thread each (see the
-    module's docstring); an error, or an exception raised by ``done`` (a cancel), stops the jobs not yet started.
+
+class _Stopped(Exception):
+    """Ends a worker's job after this thread stopped waiting for it (its result is never read)."""
+
+
+def _nothing() -> None:
+    pass
+
+
+def each_batch(work: Callable[[Job, Poll], Result], jobs: Sequence[Job], device,
+               done: Callable[[Job, Result], None], poll: Optional[Poll] = None) -> None:
+    """``done(job, work(job, poll))`` for every job, called in this thread; jobs are started in the given order.
+
+    ``work`` calls its ``poll`` inside a long job (between transformer blocks), the chance to cancel. In this thread
+    that is the caller's ``poll``. On a CPU with more than one job and core, jobs run on worker threads with one
+    intra-op thread each (see the module's docstring), so the caller's hook is never called from a worker: this
+    thread calls ``poll`` while it waits, and a worker's ``poll`` only stops it once this thread has stopped. An
+    error, or an exception raised by ``done`` or ``poll`` (a cancel), stops the jobs: those not yet started never
+    start, running ones at their next poll.
     """
+    poll = poll or _nothing
     count = min(len(jobs), workers(device))
     if count < 2:
         for job in jobs:
             with single_pass(device):
-                result = work(job)
+                result = work(job, poll)
             done(job, result)
         return
 
+    stop = threading.Event()
+
+    def stopped() -> None:
+        if stop.is_set():
+            raise _Stopped()
+
     def run(job):
         with torch.no_grad():  # grad mode is per thread
-            return work(job)
+            return work(job, stopped)
 
     with torch_threads(1), ThreadPoolExecutor(count, thread_name_prefix="clip-batch") as pool:
         futures = {pool.submit(run, job): job for job in jobs}
+        pending = set(futures)
         try:
-            for future in as_completed(futures):
-                done(futures[future], future.result())
+            while pending:
+                finished, pending = wait(pending, timeout=_WAIT_SECONDS, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    done(futures[future], future.result())
+                poll()
         finally:
+            stop.set()
             for future in futures:
                 future.cancel()
+

@@ -93,7 +93,10 @@ def shorten(text: str, fits: Callable[[str], bool]) -> str:
     what a cut between words keeps, else between words; "" when not even the first word fits."""
     if len(text) <= MAX_TEXT_CHARS and fits(text):
         return text
-    text = " ".join(text[:MAX_TEXT_CHARS].split())
+    text = " ".join(text.split())  # whitespace runs first: "a cat<200,000 spaces>on a mat" is four words, not "a"
+    if len(text) <= MAX_TEXT_CHARS and fits(text):
+        return text
+    text = text[:MAX_TEXT_CHARS]
     words = [m.start() for m in re.finditer(r" ", text)]  # a cut before each space keeps whole words
     low, high = 0, len(words)  # binary search: a longer start never has fewer tokens
     while low < high:

@@ -5,16 +5,20 @@ ranked in, which decides ties exactly as the reference does (artists, flavors, m
 """
 
 import importlib.util
-import json
 import os
-import re
+import warnings
 from dataclasses import dataclass, field, replace
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
+from .ban import Ban
 from .errors import VocabError
+from .files import get, inside, json_kind, read_json
 
 ROLES = ("artist", "flavor", "medium", "movement", "site", "negative")
 MANIFEST = "manifest.json"
+# Longer lines are no prompt phrase (CLIP reads 77 tokens, about 300 characters of text), and tokenising one giant
+# word takes minutes; list terms run to 52 characters in the reference's lists.
+MAX_TERM_CHARS = 200
 
 # The reference hard-codes these in its code, not its data files; they define its "trending" labels.
 REFERENCE_SITES = (
@@ -39,6 +43,11 @@ def read_terms(path: str) -> Tuple[str, ...]:
             lines = file.read().splitlines()
     except FileNotFoundError:
         raise VocabError(f"term list not found: {path}") from None
+    except IsADirectoryError:
+        raise VocabError(f"term list {path} is a folder; a term list is a .txt file with one term per line.") from None
+    except OSError as error:
+        raise VocabError(f"cannot read term list {path} ({error.strerror or error}); check that it is a readable "
+                         f"file.") from None
     except UnicodeDecodeError as error:
         raise VocabError(f"term list {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
                          f"save it as UTF-8.") from None
@@ -61,26 +70,42 @@ class TermList:
     role: str
     terms: Tuple[str, ...]
     style: bool = True
+    ban: Ban = Ban()
     exhaustive: bool = False  # every image should match one of its terms: precise mode says so when none does
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise VocabError(f"a term list's name must be a non-empty string, not {self.name!r}.")
+        if self.role not in ROLES:
+            raise VocabError(f"list {self.name!r} has role {self.role!r}; use one of {', '.join(ROLES)}.")
+        terms = () if isinstance(self.terms, str) else tuple(self.terms)
+        odd = [t for t in terms if not isinstance(t, str)]
+        if odd or isinstance(self.terms, str):
+            raise VocabError(f"list {self.name!r}: terms must be a sequence of strings, not "
+                             f"{(odd or [self.terms])[0]!r:.40}.")
+        long = [t for t in terms if len(t) > MAX_TERM_CHARS]
+        if long:
+            warnings.warn(f"list {self.name!r}: {len(long)} term(s) longer than {MAX_TERM_CHARS} characters skipped "
+                          f"(e.g. {long[0][:40]!r}...).")
+            terms = tuple(t for t in terms if len(t) <= MAX_TERM_CHARS)
+        object.__setattr__(self, "terms", terms)
 
     @property
     def labels(self) -> List[str]:
-        return label_forms(self.role, self.terms)
-
-
-def _banned_pattern(banned: Iterable[str]) -> Optional["re.Pattern"]:
-    words = sorted({b.strip().lower() for b in banned if b.strip()}, key=len, reverse=True)
-    if not words:
-        return None
-    return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.IGNORECASE)
+        """The phrases scored for this list, in the form they take in a prompt, less any that hold a banned word."""
+        return self.ban.keep(label_forms(self.role, self.terms))
 
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Ordered term lists. ``pool`` feeds fast/best, roles feed classic, ``negative`` feeds negative mode."""
+    """Ordered term lists. ``pool`` feeds fast/best, roles feed classic, ``negative`` feeds negative mode.
+
+    ``ban`` applies to every list (see :mod:`.ban`), whichever way the vocabulary was built.
+    """
 
     lists: Tuple[TermList, ...]
     source: str = ""
+    ban: Ban = Ban()
     _index: Dict[str, TermList] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -88,6 +113,10 @@ class Vocabulary:
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise VocabError(f"vocabulary {self.source} has more than one list named {', '.join(duplicated)}.")
+        if self.ban:
+            object.__setattr__(self, "lists", tuple(
+                replace(tl, terms=tuple(t for t in tl.terms if not self.ban.hits(t)), ban=self.ban)
+                for tl in self.lists))
         object.__setattr__(self, "_index", {tl.name: tl for tl in self.lists})
 
     def __getitem__(self, name: str) -> TermList:
@@ -103,6 +132,11 @@ class Vocabulary:
     @property
     def pool(self) -> List[TermList]:
         return [tl for tl in self.lists if tl.role != "negative"]
+
+    @property
+    def negative_pool(self) -> List[TermList]:
+        """What negative mode picks from: flavor lists (ranked least similar first) and negative lists."""
+        return [tl for tl in self.lists if tl.role in ("flavor", "negative")]
 
     @property
     def style(self) -> List[TermList]:
@@ -123,7 +157,9 @@ class Vocabulary:
         else:
             raise VocabError(f"{folder} has no {MANIFEST} and is not a clip-interrogator data folder "
                              f"(artists.txt, flavors.txt, mediums.txt, movements.txt, negative.txt).")
-        return cls(tuple(_term_list(folder, e) for e in entries), source=folder)
+        where = manifest_path if entries is not _REFERENCE_LAYOUT else folder
+        return cls(tuple(_term_list(folder, e, f"{where}, list {i + 1}") for i, e in enumerate(entries)),
+                   source=folder)
 
     @classmethod
     def builtin(cls) -> "Vocabulary":
@@ -158,7 +194,7 @@ class Vocabulary:
                 lists[i] = replace(lists[i], terms=tuple(dict.fromkeys(lists[i].terms + user_list.terms)))
             else:
                 lists.append(user_list)
-        return Vocabulary(tuple(lists), source=f"{self.source} + {folder}")
+        return Vocabulary(tuple(lists), source=f"{self.source} + {folder}", ban=self.ban)
 
     def without(self, names: Iterable[str] = (), roles: Iterable[str] = ()) -> "Vocabulary":
         """Switch lists off by name or by role (e.g. roles=["artist"] for prompts without artist names)."""
@@ -168,35 +204,42 @@ class Vocabulary:
             raise VocabError(f"cannot switch off unknown list(s) {', '.join(sorted(unknown))}; "
                              f"known lists: {', '.join(self.names)}.")
         kept = tuple(tl for tl in self.lists if tl.name not in names and tl.role not in roles)
-        return Vocabulary(kept, source=self.source)
+        return Vocabulary(kept, source=self.source, ban=self.ban)
 
     def banning(self, banned: Iterable[str]) -> "Vocabulary":
-        """Drop every term that contains a banned word or phrase (whole words, any case)."""
-        pattern = _banned_pattern(banned)
-        if pattern is None:
-            return self
-        lists = tuple(replace(tl, terms=tuple(t for t in tl.terms if not pattern.search(t))) for tl in self.lists)
-        return Vocabulary(lists, source=self.source)
+        """Add banned words or phrases (whole words, any case): no label that contains one is scored, and the
+        engine cuts them out of captions and joined labels (see :mod:`.ban`). Bans add up."""
+        ban = self.ban + Ban((banned,) if isinstance(banned, str) else tuple(banned))
+        return self if ban == self.ban else Vocabulary(self.lists, source=self.source, ban=ban)
+
+
+_ENTRY = '{"name": ..., "file": "terms.txt" (or "terms": [...]), "role": ...}'
 
 
 def _read_manifest(path: str) -> Sequence[dict]:
+    manifest = read_json(path, VocabError, f'a vocabulary manifest: {{"lists": [{_ENTRY}, ...]}}')
+    return get(manifest, "lists", list, path, VocabError)
+
+
+def _term_list(folder: str, entry: dict, where: str) -> TermList:
+    """One manifest entry as a TermList; ``where`` names the entry in errors."""
+    if not isinstance(entry, dict):
+        raise VocabError(f"{where} is {json_kind(entry)}; each list must be an object: {_ENTRY}.")
+    name = get(entry, "name", str, where, VocabError, default=None)
+    role = get(entry, "role", str, where, VocabError, default="flavor")
+    style = get(entry, "style", bool, where, VocabError, default=role != "negative")
+    exhaustive = get(entry, "exhaustive", bool, where, VocabError, default=False)
+    if role not in ROLES:  # before reading its file: a wrong role is the error to report
+        raise VocabError(f"{where}: list {name!r} has role {role!r}; use one of {', '.join(ROLES)}.")
+    if "terms" in entry:
+        terms = get(entry, "terms", (list, tuple), where, VocabError)  # TermList checks its items
+    elif "file" in entry:
+        file = get(entry, "file", str, where, VocabError)
+        terms = read_terms(inside(folder, file, f"{where}: file", VocabError))
+        name = name or os.path.splitext(os.path.basename(file))[0]
+    else:
+        raise VocabError(f"{where} has neither 'file' nor 'terms'; each list is {_ENTRY}.")
     try:
-        with open(path, "r", encoding="utf-8") as file:
-            manifest = json.load(file)
-        entries = manifest["lists"]
-        if not isinstance(entries, list):
-            raise TypeError("'lists' must be an array")
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise VocabError(f"cannot read vocabulary manifest {path}: {error}. "
-                         f'Expected {{"lists": [{{"name": ..., "file": ..., "role": ...}}]}}.') from None
-    return entries
-
-
-def _term_list(folder: str, entry: dict) -> TermList:
-    role = entry.get("role", "flavor")
-    if role not in ROLES:
-        raise VocabError(f"list {entry.get('name')!r} in {folder} has role {role!r}; use one of {', '.join(ROLES)}.")
-    terms = tuple(entry["terms"]) if "terms" in entry else read_terms(os.path.join(folder, entry["file"]))
-    name = entry.get("name") or os.path.splitext(entry["file"])[0]
-    return TermList(name=name, role=role, terms=terms, style=bool(entry.get("style", role != "negative")),
-                    exhaustive=bool(entry.get("exhaustive", False)))
+        return TermList(name=name, role=role, terms=tuple(terms), style=style, exhaustive=exhaustive)
+    except VocabError as error:
+        raise VocabError(f"{where}: {error}") from None

@@ -109,13 +109,14 @@ class ComfyEnvironment:
         """A progress hook for the engine: one ComfyUI progress bar per piece of work; Cancel stops the work."""
         from comfy.utils import ProgressBar
 
-        bars = {}  # one bar per piece of work (label embedding, captioning, chain, images)
+        bars = {}  # one bar per piece of work (label embedding, captioning, chain, images): [bar, last done]
 
         def hook(done: int, total: int, desc: str) -> None:
             self.mm.throw_exception_if_processing_interrupted()
-            if desc not in bars or done == 0:
-                bars[desc] = ProgressBar(total)
-            bars[desc].update_absolute(done, total)
+            if desc not in bars or done < bars[desc][1]:  # new work; a repeated position is a tick, same bar
+                bars[desc] = [ProgressBar(total), done]
+            bars[desc][0].update_absolute(done, total)
+            bars[desc][1] = done
 
         return hook
 

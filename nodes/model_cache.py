@@ -6,8 +6,8 @@ label-embedding matrices of an index). A memory manager decides where residents 
 
 - :class:`SimpleMemory` (outside ComfyUI): one device and a byte budget; ``prepare`` moves the residents about to be
   used onto the device and moves the least recently used others back to the offload device until they fit.
-- ComfyUI's adapter (``nodes/comfy_adapter.py``) supplies a manager with the same four methods that hands the
-  modules to ComfyUI's model management instead.
+- ComfyUI's adapter (``nodes/comfy_adapter.py``) supplies a manager with the same three methods (``register``,
+  ``prepare``, ``offload``) that hands the modules to ComfyUI's model management instead.
 
 Whenever a resident leaves the device, its release hooks run (they drop device copies of label matrices), so an
 unload returns all of the memory the resident used.
@@ -101,9 +101,6 @@ class SimpleMemory:
             resident.module.to(resident.offload_device)
         resident.released()
         _empty_device_cache(resident.load_device)
-
-    def loaded(self) -> List[Resident]:
-        return list(self._on_device.values())
 
 
 def _empty_device_cache(device: torch.device) -> None:

@@ -15,6 +15,7 @@ from ..core import (CAPTION_MODELS, DEFAULT_CAPTION_MODEL, NO_CAPTION, PRESETS, 
                     VocabError)
 from ..core.caption import caption_model_folder
 from ..core.clip_model import preset_filename
+from ..core.files import inside
 from ..core.clip_pair import load_clip_pair, pick_text, plan_pair, text_towers, vision_tower
 from ..core.tensors import SafetensorsFiles
 
@@ -158,8 +159,10 @@ class ModelFiles:
         return " or ".join(os.path.join(f, sub) if sub else f for f in self.env.model_folders())
 
     def clip_source(self, name: str) -> Union[Tuple[str, Optional[str]], FilePair]:
-        """(name to load, models folder): a preset from the folder that holds its file, or a local file; or the
-        files of a pair."""
+        """(name to load, models folder): a preset from the folder that holds its file, or a file inside one of
+        the model folders (a name that leads outside them is refused); or the files of a pair."""
+        if not isinstance(name, str) or not name:
+            raise ModelNotFoundError(f"a CLIP model is a preset or file name, not {name!r:.40}.")
         pair = PAIR.fullmatch(name)
         if pair:
             return self._pair_source(*pair.groups())
@@ -170,7 +173,7 @@ class ModelFiles:
                     return name, folder
             return name, folders[0]
         for folder in folders:
-            path = os.path.join(folder, name)
+            path = inside(folder, name, "CLIP model file", ModelNotFoundError)
             if os.path.isfile(path):
                 return path, None
         raise ModelNotFoundError(f"CLIP model file {name} is not in {self._folders_text()}; put the .safetensors "
@@ -189,7 +192,10 @@ class ModelFiles:
         return FilePair(paths[kind], text_encoder, paths["clip_vision"])
 
     def caption_source(self, name: str) -> Tuple[str, Optional[str]]:
-        """(name or folder to load, models folder) of a caption model; ``none`` stays ``none``."""
+        """(name or folder to load, models folder) of a caption model; ``none`` stays ``none``; a folder must be
+        inside one of the model folders."""
+        if name is not None and not isinstance(name, str):
+            raise ModelNotFoundError(f"a caption model is a preset or folder name, not {name!r:.40}.")
         folders = self.env.model_folders()
         if not name or name == NO_CAPTION:
             return NO_CAPTION, None
@@ -200,8 +206,9 @@ class ModelFiles:
                     return name, folder
             return name, folders[0]
         for folder in folders:
-            path = os.path.join(folder, name)
+            path = inside(folder, name, "caption model folder", ModelNotFoundError)
             if os.path.isfile(os.path.join(path, "config.json")):
                 return path, None
         raise ModelNotFoundError(f"caption model folder {name} is not in {self._folders_text()} (it needs a "
                                  f"config.json); put the model's files there, or pick '{NO_CAPTION}'.")
+

@@ -2,11 +2,12 @@
 
 from ..core import DEFAULT_CLIP, MODES
 from ..core.caption import DETAILS
+from ..core.dataset import DatasetOptions, default_jsonl
 from ..core.encoder_prompts import TARGETS
 from .display import analysis_json, analysis_text, prompt_text
 from .model_files import CAPTION_PRESETS
 from .comfy_models import TEXT_ENCODERS
-from .runtime import DEVICES, PRECISIONS, InterrogatorSpec, runtime
+from .runtime import DEVICES, PRECISIONS, InterrogatorSpec, dataset_items, replace_pairs, runtime
 
 CATEGORY = "CLIP Interrogator"
 
@@ -51,7 +52,8 @@ def vocabulary_inputs(files) -> dict:
         "artists": ("BOOLEAN", {"default": True, "label_on": "on", "label_off": "off",
                                 "tooltip": "Off: prompts never name an artist."}),
         "ban": ("STRING", {"default": "", "multiline": False, "tooltip": (
-            "Comma-separated words or phrases that must never appear in a prompt.")}),
+            "Comma-separated words or phrases that must never appear in an output, in any form: 'by' removes every "
+            "'by <artist>' term, and a banned word is cut out of the caption too.")}),
     }
 
 
@@ -315,6 +317,69 @@ class AnalyzeImage:
         return {"ui": {"text": texts}, "result": (texts, analysis_json(results))}
 
 
+class CaptionFolder:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "folder": ("STRING", {"default": "", "tooltip": (
+                    "The dataset folder (a full path). Each image gets a .txt caption file of the same name.")}),
+                "interrogator": INTERROGATOR_INPUT,
+                "mode": (list(MODES), {"default": "best", "tooltip": "; ".join(
+                    f"{m.name}: {m.description}" for m in MODES.values())}),
+                "max_flavors": max_flavors_input(*MODES),
+            },
+            "optional": {
+                "trigger_word": ("STRING", {"default": "", "tooltip": "Written first in every caption, e.g. ohwx."}),
+                "prefix": ("STRING", {"default": "", "tooltip": "Written after the trigger word."}),
+                "suffix": ("STRING", {"default": "", "tooltip": "Written at the end of every caption."}),
+                "exclude": ("STRING", {"default": "", "tooltip": (
+                    "Comma-separated words or phrases that never appear in a caption, in any form (added to the "
+                    "interrogator's ban).")}),
+                "replace": ("STRING", {"default": "", "multiline": True, "tooltip": (
+                    "One 'old = new' per line: whole words, any case, replaced in the caption and the terms.")}),
+                "artists": ("BOOLEAN", {"default": True, "label_on": "on", "label_off": "off",
+                                        "tooltip": "Off: captions never name an artist."}),
+                "weighted": ("BOOLEAN", {"default": False, "tooltip": (
+                    "Write (term:1.15) weights from each term's CLIP score: the image's weakest term plain, its "
+                    "strongest 1.3.")}),
+                "overwrite": ("BOOLEAN", {"default": False, "tooltip": (
+                    "Off: images that already have a caption file are skipped (a stopped run resumes). On: "
+                    "caption files are replaced, your own included.")}),
+                "recursive": ("BOOLEAN", {"default": False, "tooltip": "Also caption images in subfolders."}),
+                "output_folder": ("STRING", {"default": "", "tooltip": (
+                    "Empty: captions beside the images. A full path: captions there, mirroring the folder tree.")}),
+                "jsonl": ("BOOLEAN", {"default": False, "tooltip": (
+                    "Also write captions.jsonl (in the output folder, else the dataset folder): per image the "
+                    "prompt, caption, terms with lists, roles and CLIP scores, models and settings.")}),
+            },
+        }
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("summary",)
+    OUTPUT_NODE = True
+    OUTPUT_TOOLTIPS = ("How many images were captioned, skipped and failed, and why each failure happened.",)
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Writes a caption file beside every image of a dataset folder, for LoRA or fine-tune training."
+
+    def run(self, folder, interrogator, mode, max_flavors, trigger_word="", prefix="", suffix="", exclude="",
+            replace="", artists=True, weighted=False, overwrite=False, recursive=False, output_folder="",
+            jsonl=False):
+        items, output = dataset_items(folder, recursive, output_folder)
+        options = DatasetOptions(
+            mode=mode, max_terms=max_flavors or None, trigger=trigger_word.strip(), prefix=prefix.strip(),
+            suffix=suffix.strip(), exclude=tuple(t.strip() for t in exclude.split(",") if t.strip()),
+            replace=replace_pairs(replace), artists=bool(artists), weighted=bool(weighted),
+            overwrite=bool(overwrite), output=output, jsonl=default_jsonl([folder], output) if jsonl else None)
+        text = runtime().caption_folder(interrogator, items, options).text()
+        return {"ui": {"text": [text]}, "result": (text,)}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # always run: the folder's files may have changed
+
+
 class UnloadInterrogator:
     @classmethod
     def INPUT_TYPES(cls):
@@ -357,6 +422,7 @@ NODE_CLASS_MAPPINGS = {
     "ClipInterrogatorPromptsSDXL": PromptsForSDXL,
     "ClipInterrogatorPromptsSD3": PromptsForSD3,
     "ClipInterrogatorPromptsFlux": PromptsForFlux,
+    "ClipInterrogatorCaptionFolder": CaptionFolder,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -370,4 +436,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ClipInterrogatorPromptsSDXL": "Prompts for SDXL",
     "ClipInterrogatorPromptsSD3": "Prompts for SD3",
     "ClipInterrogatorPromptsFlux": "Prompts for Flux",
+    "ClipInterrogatorCaptionFolder": "Caption Folder",
 }

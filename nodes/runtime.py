@@ -3,6 +3,8 @@
 Nothing here imports ComfyUI: the host comes in as an environment (see :mod:`.environment`).
 """
 
+import logging
+import os
 import threading
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple, Union
@@ -13,8 +15,10 @@ from ..core import (DEFAULT_CAPTION_MODEL, NO_CAPTION, ImageError, Interrogator,
                     VocabError, Vocabulary, caption_needed, load_captioner, load_clip)
 from ..core.caption import CaptionOptions
 from ..core.confidence import Confidence
+from ..core.dataset import DatasetOptions, Item, Summary, caption_dataset, find_dataset
 from ..core.encoder_prompts import PromptParts, get_target, write
 from ..core.images import as_pil_list
+from ..core.modes import get_mode
 from ..core.token_count import clip_counter, t5_counter
 from .comfy_graph import input_files
 from .comfy_models import ComfyPair
@@ -25,6 +29,7 @@ from .model_files import FilePair, ModelFiles
 
 PRECISIONS = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DEVICES = ("auto", "cpu")
+log = logging.getLogger("clip_interrogator")
 
 
 class NodeError(RuntimeError):
@@ -55,9 +60,6 @@ class InterrogatorSpec:
 
     def caption_options(self) -> CaptionOptions:
         return CaptionOptions(self.caption_detail, self.caption_instruction, self.caption_max_tokens)
-
-    def describe(self) -> str:
-        return f"{self.clip} + {self.caption} ({self.precision}, {self.device})"
 
 
 class Runtime:
@@ -279,6 +281,31 @@ class Runtime:
         return "\n".join([f"CLIP: {model.description} ({dtype} on {clip.load_device})",
                           *(f"warning: {note}" for note in model.notes)])
 
+    def caption_folder(self, spec: InterrogatorSpec, items, options: DatasetOptions,
+                       summary: Optional[Summary] = None) -> Summary:
+        """Caption a dataset (see core/dataset.py) with the models of ``spec`` from the shared cache; the options'
+        exclusions and artist switch become the vocabulary's, so they are the bans every other node uses."""
+        spec = replace(spec, artists=spec.artists and options.artists,
+                       ban=tuple(sorted(set(spec.ban) | {b.strip() for b in options.exclude if b.strip()})))
+        summary = summary if summary is not None else Summary()
+        try:
+            with self._lock:
+                clip = self.clip(spec)
+                key, engine = self.engine(spec, clip)
+                captioner = self.captioner(spec) if get_mode(options.mode).captioned else None
+
+                def before(stage: str) -> None:
+                    self.cache.use([captioner] if stage == "caption" else [clip])
+                    self.env.check_interrupt()
+
+                caption_dataset(engine, items, options,
+                                captioner=captioner.value.using(spec.caption_options()) if captioner else None,
+                                progress=self.env.progress(), report=log.warning, before=before, summary=summary)
+                self._account_index(clip, key, engine)
+                return summary
+        except InterrogatorError as error:
+            raise user_error(error) from error
+
     def unload(self, free_ram: bool = False) -> int:
         """Move every model off the accelerator; ``free_ram`` also forgets them. Returns how many were cached."""
         with self._lock:
@@ -291,6 +318,41 @@ class Runtime:
             else:
                 self.cache.unload()
             return count
+
+
+def dataset_items(folder: str, recursive: bool, output_folder: str = "") -> Tuple[List[Item], Optional[str]]:
+    """Caption Folder's paths checked: the images of ``folder`` and the output folder (None: beside them)."""
+    if not folder.strip():
+        raise ValueError("CLIP Interrogator: Caption Folder needs the full path of a dataset folder.")
+    path = os.path.abspath(os.path.expanduser(folder.strip()))
+    if not os.path.exists(path):
+        raise ValueError(f"CLIP Interrogator: the folder {path} does not exist; give the full path of the dataset "
+                         f"folder.")
+    if not os.path.isdir(path):
+        raise ValueError(f"CLIP Interrogator: {path} is a file, not a folder; give the folder that holds the "
+                         f"images.")
+    items = find_dataset([path], recursive)
+    if not items:
+        raise ValueError(f"CLIP Interrogator: no images in {path}" +
+                         ("." if recursive else " (turn recursive on to caption subfolders)."))
+    output = os.path.abspath(os.path.expanduser(output_folder.strip())) if output_folder.strip() else None
+    if output and os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"CLIP Interrogator: the output folder {output} is a file; give a folder (it is made if "
+                         f"missing), or leave it empty to write captions beside the images.")
+    return items, output
+
+
+def replace_pairs(text: str) -> Tuple[Tuple[str, str], ...]:
+    """'old = new' lines as pairs."""
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        old, sep, new = line.partition("=")
+        if not sep or not old.strip():
+            raise ValueError(f"CLIP Interrogator: replace line {number} ({line.strip()!r}) is not 'old = new'.")
+        pairs.append((old.strip(), new.strip()))
+    return tuple(pairs)
 
 
 _runtime: Optional[Runtime] = None

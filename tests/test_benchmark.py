@@ -30,6 +30,29 @@ def test_benchmark_prints_a_table_of_identical_prompts(tmp_path):
         assert modes[mode].rstrip().endswith("| yes |"), modes[mode]
 
 
+def test_dataset_benchmark_prints_a_table_of_both_paths():
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "dataset.py"), "--images", "3", "--batch-size", "2",
+         "--threads", "1"], capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split(" | ")[0][2:] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows == ["path", "batch", "one at a time"]
+    assert result.stdout.rstrip().endswith("identical caption files: yes")
+
+
+
+
+def test_cancel_latency_script_prints_its_table(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "cancel_latency.py"), "--arch", str(config), "--labels", "600"],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| hook calls | embedding: longest gap") and len(rows) == 3
+    assert rows[1].startswith("| per finished unit only |") and rows[2].startswith("| polls every 0.2 s |")
+    assert "identical prompt: yes" in result.stdout
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as file:

@@ -123,5 +123,5 @@ def test_remote_code_florence2_is_refused_with_the_conversion(tmp_path):
 def test_models_that_are_no_captioners_are_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="'bert' model"):
         load_captioner(_config_folder(tmp_path, {"model_type": "bert"}))
-    with pytest.raises(ModelLoadError, match="not a model config"):
+    with pytest.raises(ModelLoadError, match="config.json holds an array, not a JSON object"):
         load_captioner(_config_folder(tmp_path, [], "list"))

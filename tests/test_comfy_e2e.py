@@ -212,9 +212,9 @@ def test_workflow_with_every_node_in_comfyui(tmp_path):
         from core import Interrogator, Vocabulary, load_captioner, load_clip
 
         clip = load_clip(weights=str(models / "tiny-clip.safetensors"))
-        captioner = load_captioner("blip-large", models_dir=str(models))
+        engine = Interrogator(clip, load_captioner("blip-large", models_dir=str(models)), Vocabulary.builtin())
         images = [Image.open(base_dir / "input" / name).convert("RGB") for name in names]
-        assert Interrogator(clip, captioner, Vocabulary.builtin()).interrogate(images, "fast") == prompts
+        assert engine.interrogate(images, "fast") == prompts
         assert os.listdir(models / "cache")  # embedding caches live under models/clip_interrogator/cache
 
         released = lambda: _tail(log_path, 1000).count("CLIP Interrogator: released")
@@ -235,6 +235,59 @@ def test_workflow_with_every_node_in_comfyui(tmp_path):
         shorter = again["outputs"]["21"]["text"]
         assert len(shorter) == 3 and all(p.startswith(s) and p != s for p, s in zip(prompts, shorter))
         assert _tail(log_path, 1000).count("Requested to load _Holder") > loads
+
+        _check_caption_folder(lambda graph: _run(base, proc, log_path, graph), engine, tmp_path / "dataset")
+
+
+def _run(base, proc, log_path, graph):
+    """Queue ``graph`` and wait for its history entry."""
+    queued = _request(f"{base}/prompt", {"prompt": graph, "client_id": "e2e-test"})
+    return _wait_for_history(base, queued["prompt_id"], proc, log_path)
+
+
+def _check_caption_folder(run, engine, folder):
+    """Load Interrogator -> Caption Folder on a folder with a corrupt image and a caption file of the user's: the
+    caption files on disk, the summary on the node; then a folder that does not exist is a one-line node error."""
+    from core.dataset import read_jsonl
+    from core.images import open_image
+    from tests.tiny_models import sample_images
+
+    folder.mkdir()
+    for i, image in enumerate(sample_images()):
+        image.resize((64, 64)).save(folder / f"img{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (folder / "img1.txt").write_text("my own caption\n", encoding="utf-8")
+    graph = {"1": _workflow([])["20"],
+             "2": {"class_type": "ClipInterrogatorCaptionFolder", "inputs": {
+                 "folder": str(folder), "interrogator": ["1", 0], "mode": "fast", "max_flavors": 6,
+                 "trigger_word": "ohwx", "jsonl": True}}}
+
+    result = run(graph)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"], indent=1)
+    summary, = result["outputs"]["2"]["text"]
+    lines = summary.splitlines()
+    assert lines[0] == "2 captioned, 1 skipped (caption file exists), 1 failed"
+    assert len(lines) == 2 and str(folder / "broken.jpg") in lines[1]
+    assert sorted(os.listdir(folder)) == ["broken.jpg", "captions.jsonl", "img0.png", "img0.txt", "img1.png",
+                                          "img1.txt", "img2.png", "img2.txt"]  # no temp file left
+    assert (folder / "img1.txt").read_text(encoding="utf-8") == "my own caption\n"
+    for name in ("img0", "img2"):
+        prompt = engine.interrogate(open_image(str(folder / f"{name}.png")), "fast", max_terms=6)[0]
+        assert (folder / f"{name}.txt").read_text(encoding="utf-8") == f"ohwx, {prompt}\n"
+    assert {image: r["text"] for image, r in read_jsonl(str(folder / "captions.jsonl")).items()} == {
+        f"{name}.png": (folder / f"{name}.txt").read_text(encoding="utf-8")[:-1] for name in ("img0", "img2")}
+
+    again = run(graph)  # the node always runs: everything is skipped now
+    assert again["outputs"]["2"]["text"][0] == "0 captioned, 3 skipped (caption file exists), 1 failed\n" + lines[1]
+
+    nowhere = folder.parent / "nowhere"
+    graph["2"]["inputs"]["folder"] = str(nowhere)
+    failed = run(graph)
+    assert failed["status"]["status_str"] == "error"
+    errors = [data for event, data in failed["status"]["messages"] if event == "execution_error"]
+    assert [e["node_type"] for e in errors] == ["ClipInterrogatorCaptionFolder"]
+    assert errors[0]["exception_message"].strip() == (
+        f"CLIP Interrogator: the folder {nowhere} does not exist; give the full path of the dataset folder.")
 
 
 def test_comfyui_objects_convert_to_one_clip(tmp_path):
@@ -315,8 +368,6 @@ def test_interrogator_from_comfyui_loaders_equals_the_open_clip_file(tmp_path):
     """Full-size ViT-L-14 weights loaded by ComfyUI's own CLIPLoader and CLIPVisionLoader, wired into Interrogator
     from ComfyUI Models -> Interrogate Image, give the prompts of the same weights as an open_clip file through Load
     Interrogator, and of the file pair Load Interrogator lists; an SD 1.x-style clip_l is a one-line node error."""
-    from tests.tiny_models import sample_images
-
     base_dir = tmp_path / "comfy"
     models = base_dir / "models"
     for folder in ("custom_nodes", "input", "models/clip_interrogator", "models/text_encoders", "models/clip_vision"):

@@ -154,6 +154,20 @@ def test_prefix_and_term_tokenise_like_the_whole_prompt(clip):
             assert encoder.tokenizer.encode(f"{prefix}, {term}") == encoder.ids(prefix + ",") + encoder.ids(term)
 
 
+def test_token_memo_is_bounded_and_keeps_what_is_in_use(clip):
+    """A long run (10,000 images of a dataset) tokenises a new prompt per step: the memo must not grow with it."""
+    encoder = TextEncoder(clip, memo_size=100)
+    calls = []
+    encode = encoder.tokenizer.encode
+    encoder.tokenizer = type("Counting", (), {"encode": lambda self, t: calls.append(t) or encode(t),
+                                              "context_length": 77})()
+    for i in range(1000):
+        assert encoder.ids("cinematic") == encode("cinematic")  # in use throughout: tokenised once
+        assert encoder.ids(f"a prompt number {i}, cinematic") == encode(f"a prompt number {i}, cinematic")
+    assert len(encoder._ids) + len(encoder._older_ids) <= 200
+    assert calls.count("cinematic") == 1 and len(calls) == 1001
+
+
 def test_token_budget(clip):
     encoder = TextEncoder(clip)
     assert encoder.token_count("a cat") == 4
@@ -230,6 +244,38 @@ def test_modes_and_progress(clip, small_vocab, images, tmp_path):
     assert {d for _, _, d in seen} >= {"Embedding flavors", "Flavor chain", "Negative chain"}
     with pytest.raises(Exception, match="unknown mode"):
         engine.interrogate(images[0], "sideways")
+
+
+def test_results_say_what_each_prompt_is_made_of(clip, small_vocab, images, tmp_path):
+    """Same prompts as interrogate; every chosen term named with its list, role and the score Analyze Image shows."""
+    from core import MODES
+
+    engine = Interrogator(clip, None, small_vocab, cache_dir=str(tmp_path))
+    analysis = engine.analyze(images[:2], top=1000)
+    for mode in MODES:
+        results = list(engine.interrogations(images[:2], mode, captions="a cat", max_terms=6))
+        assert [r.prompt for r in results] == engine.interrogate(images[:2], mode, captions="a cat", max_terms=6)
+        for result, analyzed in zip(results, analysis):
+            assert "".join(span.text for span in result.spans) == result.prompt and result.terms, mode
+            assert result.caption == ("a cat" if MODES[mode].captioned else "")
+            for term in result.terms:
+                assert term.role == small_vocab[term.list].role and term.label in small_vocab[term.list].labels
+                assert dict(analyzed[term.list])[term.label] == term.score, (mode, term)
+            plain = "".join(span.text for span in result.spans if span.term is None)
+            assert set(plain.replace(result.caption, "", 1)) <= {",", " "}, (mode, plain)
+
+
+def test_prompt_segments_into_caption_labels_and_separators():
+    from core.result import segment
+
+    labels = {"oil painting", "by Claude Monet", "highly detailed, 8k", "highly detailed", "art nouveau"}
+    prompt = "oil painting of a cat by Claude Monet, highly detailed, 8k, art nouveau, not a label"
+    pieces = segment(prompt, "oil painting of a cat", labels.__contains__)
+    assert pieces == [("oil painting of a cat ", False), ("by Claude Monet", True), (", ", False),
+                      ("highly detailed, 8k", True), (", ", False), ("art nouveau", True), (", not a label", False)]
+    assert segment("oil painting by Claude Monet", "", labels.__contains__) == [
+        ("oil painting", True), (" ", False), ("by Claude Monet", True)]
+    assert segment("", "", labels.__contains__) == [] and segment("a cat", "a cat", bool) == [("a cat", False)]
 
 
 def test_every_mode_is_one_row_with_its_method_and_the_cli_offers_it():

@@ -429,6 +429,84 @@ def test_vocabulary_options(comfy, batch):
         assert not [t for t in terms[1:] if "photo" in t.split() or "painting" in t.split()]
 
 
+ARTIST = "Monir Shahroudy Farmanfarmaian"
+
+
+@pytest.mark.parametrize("ban, cut", [  # issue 8, bug 1's examples, and the caption they leave
+    (f"by {ARTIST}, contest winner", "a man standing by a lake, painted for a"),
+    ("by", f"a man standing a lake, painted {ARTIST} for a contest winner")])
+def test_ban_reaches_every_output_in_every_form(comfy, batch, ban, cut):
+    """Load Interrogator's ban, in every mode's node: "by" starts every artist label (style prompts always name
+    one), "contest winner" ends some site labels, and a caption may hold either. None may appear in any output, the
+    caption output included, nor in any label the engine scores."""
+    banned = importlib.import_module(f"{PACK}.core.ban").Ban([b.strip() for b in ban.split(",")])
+    runtime = comfy.runtime_module.runtime()
+    labels = lambda handle: [l for tl in runtime.vocabulary(handle).lists for l in tl.labels]
+    assert {f"by {ARTIST}", "shutterstock contest winner"} <= set(labels(load(comfy)))
+    handle = load(comfy, ban=ban)
+    assert not [label for label in labels(handle) if banned.hits(label)]
+    caption = f"a man standing by a lake, painted by {ARTIST} for a contest winner"
+    outputs = []
+    for mode in [m.name for m in importlib.import_module(f"{PACK}.core").MODES.values() if m.captioned]:
+        prompts, captions = interrogate(comfy, handle, batch[:1], mode=mode, caption=caption,
+                                        max_flavors=8 if mode == "best" else 64)["result"]
+        assert captions == [cut]
+        outputs += prompts + captions
+    style = node(comfy, "ClipInterrogatorStylePrompt").run(batch, handle, 0)["result"][0]
+    assert len(style) == 3
+    negative = node(comfy, "ClipInterrogatorNegativePrompt").run(batch[:1], handle, 64)["result"][0]
+    analysis = node(comfy, "ClipInterrogatorAnalyze").run(batch[:1], handle, 50)["result"]
+    for text in outputs + style + negative + analysis[0] + analysis[1]:
+        assert text and not banned.hits(text), text
+
+
+def test_caption_folder_node(comfy, images, tmp_path):
+    """Caption files beside the images, the summary on the node, the shared models, and what Interrogate Image and
+    Analyze Image say about the same image with the same bans."""
+    folder = tmp_path / "data"
+    (folder / "sub").mkdir(parents=True)
+    for image, name in zip(images, ("a.png", "b.png", "sub/c.png")):
+        image.resize((64, 64)).save(folder / name)
+    (folder / "bad.png").write_bytes(b"not an image")
+    captioner = node(comfy, "ClipInterrogatorCaptionFolder")
+    out = captioner.run(str(folder), load(comfy, ban="contest winner"), "fast", 6, trigger_word="ohwx",
+                        exclude="by", jsonl=True)
+    summary = out["result"][0]
+    assert out["ui"]["text"] == [summary]
+    assert summary.splitlines()[0] == "2 captioned, 0 skipped (caption file exists), 1 failed"
+    assert str(folder / "bad.png") in summary and not (folder / "sub" / "c.txt").exists()
+    assert [bar.values[-1] for bar in comfy.bars if bar.total == 3][-1] == (3, 3)  # one step per image
+
+    both = load(comfy, ban="by, contest winner")  # the node's exclusions are the interrogator's bans
+    tensor = torch.from_numpy(np.asarray(images[0].resize((64, 64)), dtype=np.float32)[None] / 255.0)
+    prompt = interrogate(comfy, both, tensor, mode="fast", max_flavors=6)["result"][0][0]
+    assert (folder / "a.txt").read_text(encoding="utf-8") == f"ohwx, {prompt}\n"
+    analysis = json.loads(node(comfy, "ClipInterrogatorAnalyze").run(tensor, both, 50)["result"][1][0])
+    record = next(json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()
+                  if json.loads(line)["image"] == "a.png")
+    assert record["text"] == f"ohwx, {prompt}" and record["terms"]
+    for term in record["terms"]:
+        assert {"term": term["term"], "score": round(term["score"], 4)} in analysis[term["list"]]
+    assert sorted(r.key[0] for r in comfy.runtime_module.runtime().cache.residents()) == ["caption", "clip"]
+
+
+def test_caption_folder_node_errors_and_cancel(comfy, images, tmp_path):
+    captioner, handle = node(comfy, "ClipInterrogatorCaptionFolder"), load(comfy)
+    with pytest.raises(ValueError, match=r"the folder .*nowhere does not exist; give the full path"):
+        captioner.run(str(tmp_path / "nowhere"), handle, "fast", 0)
+    images[0].save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        captioner.run(str(tmp_path / "a.png"), handle, "fast", 0)
+    with pytest.raises(ValueError, match="needs the full path"):
+        captioner.run("  ", handle, "fast", 0)
+    with pytest.raises(ValueError, match="replace line 1 .* is not 'old = new'"):
+        captioner.run(str(tmp_path), handle, "fast", 0, replace="no equals sign")
+    comfy.interrupt = True
+    with pytest.raises(comfy.mm.InterruptProcessingException):
+        captioner.run(str(tmp_path), handle, "fast", 0)
+    assert not (tmp_path / "a.txt").exists()
+
+
 # -- outside ComfyUI ----------------------------------------------------------------------------------------------
 def test_runtime_works_without_comfyui(models_dir, batch):
     import_pack()

@@ -22,7 +22,7 @@ def two_threads():
 def test_batches_run_on_workers_with_one_thread_each_and_are_handed_back_here(two_threads):
     caller, seen, done = threading.get_ident(), {}, []
 
-    def work(job):
+    def work(job, poll):
         seen[job] = (threading.get_ident(), torch.get_num_threads(), torch.is_grad_enabled())
         return job * job
 
@@ -35,7 +35,7 @@ def test_batches_run_on_workers_with_one_thread_each_and_are_handed_back_here(tw
 def test_a_cancel_stops_the_batches_not_yet_started_and_restores_threads(two_threads):
     started, blocked = [], threading.Event()
 
-    def work(job):
+    def work(job, poll):
         started.append(job)
         if job:
             blocked.wait(1)  # keeps both workers busy until the cancel has been seen
@@ -50,9 +50,33 @@ def test_a_cancel_stops_the_batches_not_yet_started_and_restores_threads(two_thr
     assert torch.get_num_threads() == 2
 
 
+def test_a_cancel_polled_here_stops_running_workers_mid_job(two_threads):
+    """The caller's hook is polled in its own thread while workers run; a cancel there ends the running jobs at
+    their next poll instead of letting them finish."""
+    caller, polled, steps = threading.get_ident(), [], []
+
+    def work(job, poll):
+        for step in range(400):  # a long job that polls between its "blocks"
+            steps.append(job)
+            poll()
+            threading.Event().wait(0.01)
+        return job
+
+    def poll():
+        polled.append(threading.get_ident())
+        if len(polled) == 3:
+            raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        each_batch(work, [0, 1, 2, 3], "cpu", lambda job, result: None, poll)
+    assert set(polled) == {caller}
+    assert 0 < len(steps) < 200  # both workers stopped long before their 400 steps
+    assert torch.get_num_threads() == 2
+
+
 def test_other_devices_run_in_order_in_this_thread():
     caller, order = threading.get_ident(), []
-    each_batch(lambda job: threading.get_ident(), [3, 1, 2], "meta", lambda job, ident: order.append((job, ident)))
+    each_batch(lambda job, poll: threading.get_ident(), [3, 1, 2], "meta", lambda job, ident: order.append((job, ident)))
     assert order == [(3, caller), (1, caller), (2, caller)]
 
 

@@ -143,3 +143,22 @@ def test_the_calibration_was_made_on_the_committed_model():
     assert obtained["model"].startswith("bench/quality_model/synthetic-clip.safetensors")
     assert f"sha256 {digest[:16]}" in obtained["model"]
     assert f"seed {quality.CALIBRATION_SEED}" in obtained["pictures"] and quality.CALIBRATION_SEED != quality.EVAL_SEED
+
+
+def test_precise_mode_captions_a_dataset_and_logs_the_gaps(engine, tmp_path):
+    """Caption Folder reads precise mode from the mode table like any other: same prompts, and the gaps in the log."""
+    from core.dataset import DatasetOptions, caption_dataset, find_dataset, read_jsonl
+    from core.images import open_image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, example in enumerate(world.examples(quality.CALIBRATION_SEED, 0, 0, 20)):
+        example.image.save(data / f"p{i:02d}.png")
+    items = find_dataset([str(data)])
+    prompts = engine.prompts([open_image(item.path) for item in items], "precise")
+    options = DatasetOptions(mode="precise", jsonl=str(tmp_path / "captions.jsonl"), batch_size=6)
+    assert caption_dataset(engine, items, options).done == 20
+    records = read_jsonl(options.jsonl)
+    logged = [records[f"data/{os.path.basename(item.path)}"] for item in items]
+    assert [r["prompt"] for r in logged] == [p.text for p in prompts]
+    assert [r["gaps"] for r in logged] == [list(p.gaps) for p in prompts] and any(p.gaps for p in prompts)

@@ -1,10 +1,17 @@
 """The manifest drives the modes; user lists, switched-off lists and bans change what prompts can contain."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from core import Interrogator, VocabError, Vocabulary
+from core import MODES, Interrogator, VocabError, Vocabulary
+from core.ban import Ban
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +111,117 @@ def pathlib_root():
     import pathlib
 
     return pathlib.Path(__file__).resolve().parent.parent
+
+
+# -- bans: matched against the form a term takes in the prompt ----------------------------------------------------
+ARTIST = "Monir Shahroudy Farmanfarmaian"
+
+
+@pytest.fixture(scope="module")
+def forms_vocab(tmp_path_factory):
+    """One artist, one site, one medium: with enough terms asked for, every mode must reach their derived forms."""
+    folder = tmp_path_factory.mktemp("forms_vocab")
+    lists = {"artists": ("artist", [ARTIST]), "sites": ("site", ["shutterstock"]),
+             "mediums": ("medium", ["oil painting"]), "movements": ("movement", ["art nouveau"]),
+             "flavors": ("flavor", ["highly detailed", "soft light", "moody"]),
+             "negative": ("negative", ["blurry", "watermark"])}
+    for name, (_, terms) in lists.items():
+        (folder / f"{name}.txt").write_text("\n".join(terms) + "\n", encoding="utf-8")
+    manifest = {"lists": [{"name": n, "file": f"{n}.txt", "role": r} for n, (r, _) in lists.items()]}
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return Vocabulary.from_folder(str(folder))
+
+
+def _every_mode(engine, image, caption="a woman in a garden"):
+    return {mode: engine.interrogate(image, mode, captions=caption, max_terms=32)[0] for mode in MODES}
+
+
+@pytest.mark.parametrize("banned", [f"by {ARTIST}", "by", "contest winner", "trending on", "BY  monir shahroudy",
+                                    "Shutterstock contest"])
+def test_ban_matches_every_form_a_term_takes(clip, forms_vocab, images, tmp_path, banned):
+    ban = Ban(banned)
+    unbanned = _every_mode(_engine(clip, forms_vocab, tmp_path), images[0])
+    assert any(ban.hits(p) for p in unbanned.values()), "the ban must have something to remove"
+    prompts = _every_mode(_engine(clip, forms_vocab.banning([banned]), tmp_path), images[0])
+    for mode, prompt in prompts.items():
+        assert prompt and not ban.hits(prompt), (mode, prompt)
+    assert not any(ban.hits(label) for tl in forms_vocab.banning([banned]).lists for label in tl.labels)
+
+
+def test_ban_formed_where_a_mode_joins_two_terms(clip, forms_vocab, images, tmp_path):
+    """classic writes medium and artist as one phrase ("oil painting by ..."): a ban spanning both still holds."""
+    joined = _engine(clip, forms_vocab, tmp_path).interrogate(images[0], "classic", captions="a cat")[0]
+    assert "oil painting by " in joined or "oil painting inspired by " in joined
+    banned = ["painting by", "painting inspired"]
+    prompt = _engine(clip, forms_vocab.banning(banned), tmp_path).interrogate(images[0], "classic",
+                                                                               captions="a cat")[0]
+    assert not Ban(banned).hits(prompt) and prompt.startswith("a cat, ") and ARTIST in prompt
+
+
+def test_banned_words_are_cut_out_of_captions(clip, captioner, forms_vocab, images, tmp_path):
+    given = _engine(clip, forms_vocab.banning(["by", "the window"]), tmp_path)
+    assert given.captions(images[0], "fast", "a cat by the window, asleep") == ["a cat, asleep"]
+    assert given.interrogate(images[0], "fast", captions="a cat by the window", max_terms=2)[0].startswith("a cat, ")
+    generated = captioner.caption([images[1]])[0]
+    word = max(generated.split(), key=len)
+    engine = Interrogator(clip, captioner, forms_vocab.banning([word]), cache_dir=str(tmp_path / "cache"))
+    caption = engine.captions(images[1], "best")[0]
+    assert not Ban(word).hits(caption) and len(caption) < len(generated)
+    for mode in ("best", "fast"):
+        assert not Ban(word).hits(engine.interrogate(images[1], mode)[0]), mode
+
+
+def test_ban_rules():
+    ban = Ban(["a b", "Monet"])
+    assert ban.scrub("x a a b b y") == "x y"  # a cut that forms a new banned phrase is cut too
+    assert ban.scrub("by Claude MONET, sunset") == "by Claude, sunset"
+    assert ban.scrub("Monetary, monet's garden") == "Monetary, 's garden"  # whole words only
+    assert ban.scrub("nothing to cut ,  here") == "nothing to cut ,  here"  # untouched when nothing matches
+    assert Ban("by").phrases == ("by",) and Vocabulary((), ban=Ban("x")).banning("y").ban.phrases == ("x", "y")
+    with pytest.raises(VocabError, match="no letters"):
+        Ban([", "])
+
+
+def test_cli_ban_matches_every_form(models_dir, forms_vocab, images, tmp_path):
+    image = tmp_path / "a.png"
+    images[0].save(image)
+    command = [sys.executable, "-m", "core", "interrogate", str(image), "--mode", "fast", "--max-terms", "32",
+               "--vocab", forms_vocab.source, "--clip-weights", os.path.join(models_dir, "tiny-clip.safetensors"),
+               "--caption", "a cat sitting by a window", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    unbanned = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    banned = subprocess.run(command + ["--ban", "contest winner", "--ban", "by"], capture_output=True, text=True,
+                            timeout=600, cwd=ROOT)
+    assert unbanned.returncode == banned.returncode == 0, unbanned.stderr + banned.stderr
+    ban = Ban(["contest winner", "by"])
+    assert ban.hits(unbanned.stdout) and "shutterstock contest winner" in unbanned.stdout
+    assert not ban.hits(banned.stdout) and banned.stdout.startswith("a cat sitting a window, ")
+
+
+BUG_BANS = ([f"by {ARTIST}", "contest winner"], ["by"])  # issue 8, bug 1: each left its form in prompts
+
+
+def test_cli_bans_hold_in_every_mode(models_dir, forms_vocab, images, tmp_path, capsys):
+    """Bug 1's exact examples through the command line's parsing, in every mode. In-process (a process per mode
+    and ban costs seconds each); test_cli_ban_matches_every_form runs the real process."""
+    from core.cli import main
+
+    image = tmp_path / "a.png"
+    images[0].save(image)
+    base = ["interrogate", str(image), "--max-terms", "32", "--vocab", forms_vocab.source, "--clip-weights",
+            os.path.join(models_dir, "tiny-clip.safetensors"), "--caption", "a woman by a pond",
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+
+    def prompts(bans):
+        found = {}
+        for mode in MODES:
+            assert main(base + ["--mode", mode] + [arg for ban in bans for arg in ("--ban", ban)]) == 0
+            found[mode] = capsys.readouterr().out.strip()
+        return found
+
+    unbanned = prompts([])
+    assert f"by {ARTIST}" in unbanned["style"] and "shutterstock contest winner" in unbanned["fast"]
+    for bans in BUG_BANS:
+        ban = Ban(bans)
+        assert [m for m in MODES if ban.hits(unbanned[m])] == [m for m in MODES if m != "negative"], bans
+        for mode, prompt in prompts(bans).items():
+            assert prompt and not ban.hits(prompt), (bans, mode, prompt)

@@ -23,16 +23,22 @@ CAPTION_WORDS = ("a an the photo painting of with on in at and cat dog woman man
 
 def write_tiny_clip(folder: str, stem: str = "tiny-clip", seed: int = 0) -> str:
     """A CLIP with the real BPE tokenizer's vocabulary, as ``<stem>.safetensors`` + ``<stem>.json`` (its config)."""
+    return write_random_clip(folder, TINY_CLIP_CONFIG, stem, seed)
+
+
+def write_random_clip(folder: str, config: dict, stem: str, seed: int = 0) -> str:
+    """An open_clip architecture with random weights, saved as a user saves a custom CLIP: ``<stem>.safetensors``
+    with its config beside it as ``<stem>.json``."""
     import open_clip
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**TINY_CLIP_CONFIG)
+    model = open_clip.CLIP(**config)
     path = os.path.join(folder, f"{stem}.safetensors")
     save_file(model.state_dict(), path)
     with open(os.path.join(folder, f"{stem}.json"), "w") as file:
-        json.dump(TINY_CLIP_CONFIG, file)
+        json.dump(config, file)
     return path
 
 

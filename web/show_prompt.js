@@ -8,6 +8,7 @@ const NODES = new Set([
   "ClipInterrogatorNegativePrompt",
   "ClipInterrogatorAnalyze",
   "ClipInterrogatorUnload",
+  "ClipInterrogatorCaptionFolder",
 ]);
 const WIDGET = "shown_text";
 
