@@ -240,9 +240,7 @@ def _background(name: str, rng) -> Image.Image:
         a[:] = (1 - t) * np.array([70, 130, 225]) + t * np.array([170, 210, 245])
     elif name == "grass field":
         a[:] = (70, 150, 55)
-        for _ in range(120):
-            px, py = rng.integers(0, SIZE, 2)
-            a[py:py + 5, px:px + 1] = (55, 125, 45)
+        _scatter(a, rng, 120, (5, 1), (55, 125, 45))
     elif name == "brick wall":
         a[:] = (165, 65, 45)
         a[(y.astype(int) % 16) < 1] = (195, 150, 130)
@@ -250,9 +248,7 @@ def _background(name: str, rng) -> Image.Image:
         a[((x.astype(int) + offset) % 24) < 1] = (195, 150, 130)
     elif name == "starry night":
         a[:] = (12, 18, 50)
-        for _ in range(45):
-            px, py = rng.integers(0, SIZE, 2)
-            a[py:py + 1, px:px + 1] = (250, 250, 220)
+        _scatter(a, rng, 45, (1, 1), (250, 250, 220))
     elif name == "ocean waves":
         a[:] = (20, 85, 150)
         a[np.sin(x / 6 + y / 3) * np.sin(y / 7) > 0.85] = (70, 130, 185)
@@ -276,6 +272,13 @@ def _background(name: str, rng) -> Image.Image:
     else:
         raise ValueError(f"unknown background {name!r}")
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+def _scatter(a: np.ndarray, rng, count: int, size: Tuple[int, int], color) -> None:
+    """``count`` marks of ``size`` (height, width) at random places: blades of grass, stars."""
+    for _ in range(count):
+        px, py = rng.integers(0, SIZE, 2)
+        a[py:py + size[0], px:px + size[1]] = color
 
 
 def _shape_mask(shape: str, cx: float, cy: float, r: float, angle: float) -> Image.Image:

@@ -644,6 +644,17 @@ def _closed_port():
         return sock.getsockname()[1]
 
 
+def _cancel_on_third_call(desc: str, seen: list):
+    """A progress hook recording ``done`` for ``desc``'s calls into ``seen``, cancelling at the third."""
+    def hook(done, total, what):
+        if what == desc:
+            seen.append(done)
+            if len(seen) == 3:
+                raise Cancelled("stop")
+
+    return hook
+
+
 def _silent_server():
     """A port that accepts connections and never answers: a network that drops packets."""
     server = socket.socket()
@@ -687,12 +698,7 @@ def test_cancel_is_honoured_inside_a_chain_step(clip, images, builtin_cache, mon
     engine = Interrogator(clip, None, Vocabulary.builtin(), cache_dir=builtin_cache)
     engine.label_index()
     seen = []
-
-    def hook(done, total, desc):
-        if desc == "Flavor chain":
-            seen.append(done)
-            if len(seen) == 3:
-                raise Cancelled("stop")
+    hook = _cancel_on_third_call("Flavor chain", seen)
 
     with pytest.raises(Cancelled):
         engine.interrogate(images[0], "best", captions="a cat", progress=hook)
@@ -707,12 +713,7 @@ def test_cancel_is_honoured_inside_an_image_pass(clip, small_vocab, images, tmp_
     engine.label_index()
     monkeypatch.setattr(core.progress, "TICK_SECONDS", 0.0, raising=False)
     seen = []
-
-    def hook(done, total, desc):
-        if desc == "Interrogating (fast)":
-            seen.append(done)
-            if len(seen) == 3:
-                raise Cancelled("stop")
+    hook = _cancel_on_third_call("Interrogating (fast)", seen)
 
     with pytest.raises(Cancelled):
         engine.interrogate(images[0], "fast", captions="a cat", progress=hook)
