@@ -33,6 +33,7 @@ sys.path.insert(0, HERE)
 import quality_world as world  # noqa: E402
 from core import MODES, Interrogator, Settings, Vocabulary, load_clip  # noqa: E402
 from core.confidence import CALIBRATION, Calibration, Reading  # noqa: E402
+from core.files import atomic_path  # noqa: E402
 from core.images import detail_crops  # noqa: E402
 
 MODEL = os.path.join(HERE, "quality_model", "synthetic-clip.safetensors")
@@ -357,11 +358,9 @@ def write_calibration(calibration: Calibration, notes: Dict[str, str], args, cou
         },
     }
     path = args.calibration_out
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as file:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as file:
         json.dump(data, file, indent=1)
         file.write("\n")
-    os.replace(tmp, path)
     return path
 
 

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import quality_world as world  # noqa: E402
+from core.files import atomic_path  # noqa: E402
 
 CONFIG = {
     "embed_dim": 64,
@@ -139,9 +140,8 @@ def save(model, table, ids, folder: str) -> str:
     state["token_embedding.weight"] = embedding
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     path = os.path.join(folder, f"{STEM}.safetensors")
-    tmp = path + ".tmp"
-    save_file(state, tmp, metadata={"trained_by": "bench/quality_train.py", "seed": str(TRAIN_SEED)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, tmp, metadata={"trained_by": "bench/quality_train.py", "seed": str(TRAIN_SEED)})
     with open(os.path.join(folder, f"{STEM}.json"), "w", encoding="utf-8") as file:
         json.dump(CONFIG, file, indent=1)
     return path
