@@ -199,7 +199,7 @@ def calibrate(measured: List[Measured], exhaustive: Sequence[str]) -> Tuple[Cali
     for m in measured:
         for name, reading in m.whole.items():
             if not gapped(m, name):
-                values.append(reading.lead(0))
+                values.append(reading.chance)
                 gains.append(1.0 if reading.best == truth(m.example, name) else -1.0)
     pick, total = best_threshold(values, gains)
     notes["pick"] = f"maximises right - wrong best terms over {len(values)} (picture, list) pairs: {total:+.0f}"
@@ -207,8 +207,8 @@ def calibrate(measured: List[Measured], exhaustive: Sequence[str]) -> Tuple[Cali
     values, gains = [], []
     for m in measured:
         for name, reading in m.whole.items():
-            if not gapped(m, name) and reading.lead(0) >= pick and len(reading.ranked) > 2:
-                values.append(reading.lead(1))
+            if not gapped(m, name) and reading.chance >= pick and len(reading.ranked) > 1:
+                values.append(reading.chances[1])
                 gains.append(1.0 if reading.ranked[1][0] == truth(m.example, name) else -1.0)
     second, total = best_threshold(values, gains)
     notes["second"] = f"maximises right - wrong runner-up terms over {len(values)} confident lists: {total:+.0f}"
@@ -216,10 +216,10 @@ def calibrate(measured: List[Measured], exhaustive: Sequence[str]) -> Tuple[Cali
     values, gains = [], []
     for m in measured:
         for name, reading in m.whole.items():
-            if gapped(m, name) or reading.lead(0) >= pick or not m.crops:
+            if gapped(m, name) or reading.chance >= pick or not m.crops:
                 continue
-            lead, term = max((crop[name].lead(0), crop[name].best) for crop in m.crops)
-            values.append(lead)
+            chance, term = max((crop[name].chance, crop[name].best) for crop in m.crops)
+            values.append(chance)
             gains.append(1.0 if term == truth(m.example, name) else -1.0)
     crop, total = best_threshold(values, gains)
     notes["crop"] = f"maximises right - wrong crop terms over {len(values)} lists left empty: {total:+.0f}"
@@ -349,7 +349,8 @@ def write_calibration(calibration: Calibration, notes: Dict[str, str], args, cou
     finite = lambda v: None if v == float("inf") else round(v, 4)
     data = {
         "thresholds": {name: finite(getattr(calibration, name)) for name in Calibration.__dataclass_fields__},
-        "units": "standard deviations of one image's scores: a lead within its list, a standing among all terms",
+        "units": "pick, second, crop: a term's chance among its list's terms (softmax at the model's logit scale); "
+                 "gap: the best term's standing above all terms' scores, in their standard deviations",
         "obtained": {
             "command": "python bench/quality.py --calibrate",
             "model": f"{os.path.relpath(args.model, os.path.dirname(HERE))} (sha256 {digest}...)",

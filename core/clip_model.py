@@ -52,6 +52,12 @@ class ClipModel:
         return self.model.visual.conv1.weight.dtype if hasattr(self.model.visual, "conv1") \
             else next(self.model.visual.parameters()).dtype
 
+    @property
+    def logit_scale(self) -> float:
+        """The temperature the model's softmax over captions was trained at (capped where open_clip caps it)."""
+        scale = getattr(self.model, "logit_scale", None)
+        return min(float(scale.exp()), 100.0) if isinstance(scale, torch.Tensor) else 100.0
+
     @torch.no_grad()
     def encode_images(self, images, poll: Optional[Callable[[], None]] = None) -> torch.Tensor:
         """Unit-length image features, one row per PIL image (``poll`` is called before each and between the

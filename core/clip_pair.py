@@ -341,7 +341,9 @@ def load_pair(pair: Pair, *, dtype: torch.dtype = torch.float32, progress: Optio
     finally:
         pair.text.ref.source.close()
         pair.vision.ref.source.close()
-    tensors["logit_scale"] = torch.tensor(math.log(1 / 0.07))  # scores are cosine similarities: never used
+    # neither file carries it; every released CLIP of these families ends training at open_clip's cap of 100, and
+    # precise mode reads its chances at this temperature
+    tensors["logit_scale"] = torch.tensor(math.log(100.0))
     model.load_state_dict(tensors, strict=True, assign=True)
     context = pair.text.context_length
     model.attn_mask = torch.full((context, context), float("-inf")).triu_(1)

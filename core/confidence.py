@@ -1,38 +1,45 @@
-"""How sure CLIP is of a list's best term, in units of that list's own spread of scores.
+"""How sure CLIP is of a list's best term: the chance it gives that term among the list's terms.
 
-Cosine similarities live on a different scale in every CLIP model (about 0.2-0.35 for ViT-L-14, wider for small
-models), so a threshold on raw scores would not carry from one model to another. Leads and standings are measured
-in standard deviations of the image's scores instead, which is what lets the thresholds calibrated on the quality
-harness's model (``calibration.json``, written by ``bench/quality.py --calibrate``) apply to real CLIP models.
+A list's terms compete for the image the way CLIP was trained to rank them: a softmax over their cosine
+similarities at the model's own temperature (its logit scale, 100 for the released CLIP models). That chance is a
+probability, so one threshold carries from one model to another, and a term that is right more often than wrong
+has a chance above about one half. Whether any term of a list fits the image at all is a different question, its
+standing: how far the list's best score stands above the average score of all terms, in their standard deviations.
+The thresholds are calibrated on the quality harness's model (``calibration.json``, written by
+``bench/quality.py --calibrate``).
 """
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from .errors import InterrogatorError
+from .files import get, read_json
+
 CALIBRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration.json")
-KEEP = 3  # ranked terms a reading keeps: enough for the best term's and the runner-up's leads
+KEEP = 3  # ranked terms a reading keeps: the best, the runner-up and the one that follows
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Thresholds of precise mode, in spreads (standard deviations of scores); see ``calibration.json``."""
+    """Thresholds of precise mode; see ``calibration.json``."""
 
-    pick: float  # a list's best term enters the prompt when it leads the runner-up by this much
-    second: float  # the runner-up enters too when it leads the third by this much (and the best entered)
+    pick: float  # a list's best term enters the prompt when its chance is at least this
+    second: float  # the runner-up enters too when its own chance is at least this (and the best entered)
     gap: float  # an exhaustive list whose best term stands less than this above all terms has no good term
-    crop: float  # detail pass: a crop's best term of a list not yet covered enters when it leads by this much
+    crop: float  # detail pass: a crop's best term of a list not yet covered enters when its chance is this
 
     @classmethod
     def load(cls, path: str = CALIBRATION) -> "Calibration":
-        with open(path, "r", encoding="utf-8") as file:
-            values = json.load(file)["thresholds"]
+        expected = "precise mode's thresholds, as written by python bench/quality.py --calibrate (reinstall the pack)"
+        values = get(read_json(path, InterrogatorError, expected), "thresholds", dict, path, InterrogatorError)
         # null: no threshold paid off in calibration, so that step never adds a term
-        return cls(**{name: float("inf") if values[name] is None else float(values[name])
-                      for name in cls.__dataclass_fields__})
+        return cls(**{name: float(value) if value is not None else float("inf")
+                      for name in cls.__dataclass_fields__
+                      for value in [get(values, name, (int, float, type(None)), f"{path}: thresholds",
+                                        InterrogatorError)]})
 
 
 @dataclass(frozen=True)
@@ -41,18 +48,16 @@ class Reading:
 
     name: str
     ranked: Tuple[Tuple[str, float], ...]  # the best few (label, cosine similarity), best first
-    spread: float  # standard deviation of the list's scores for this image
+    chances: Tuple[float, ...]  # each ranked term's probability among all the list's terms
     standing: float  # (best score - mean of all terms' scores) / their standard deviation
-
-    def lead(self, rank: int = 0) -> float:
-        """How far the term at ``rank`` is ahead of the next one, in spreads (infinite for the last term)."""
-        if rank + 1 >= len(self.ranked):
-            return float("inf") if rank < len(self.ranked) else float("-inf")
-        return (self.ranked[rank][1] - self.ranked[rank + 1][1]) / max(self.spread, 1e-8)
 
     @property
     def best(self) -> str:
         return self.ranked[0][0]
+
+    @property
+    def chance(self) -> float:
+        return self.chances[0]
 
 
 @dataclass(frozen=True)
@@ -64,9 +69,10 @@ class Confidence:
     gaps: Tuple[str, ...]
 
 
-def read(labels: Sequence[str], scores: torch.Tensor, spans: Dict[str, Tuple[int, int]],
+def read(labels: Sequence[str], scores: torch.Tensor, spans: Dict[str, Tuple[int, int]], scale: float,
          keep: int = KEEP) -> Dict[str, Reading]:
-    """Readings of every list from one image's scores against all ``labels`` (``spans``: each list's rows)."""
+    """Readings of every list from one image's cosine similarities to all ``labels`` (``spans``: each list's
+    rows); ``scale``: the model's logit scale, the temperature its softmax was trained at."""
     scores = scores.float().flatten()
     mean, std = float(scores.mean()), max(float(scores.std(unbiased=False)), 1e-8)
     readings = {}
@@ -74,10 +80,11 @@ def read(labels: Sequence[str], scores: torch.Tensor, spans: Dict[str, Tuple[int
         if end <= start:
             continue
         part = scores[start:end]
+        chance = torch.softmax(part * scale, dim=0)
         top = part.topk(min(max(keep, KEEP), end - start))
         ranked = tuple((labels[start + int(i)], float(v)) for v, i in zip(top.values, top.indices))
-        spread = float(part.std(unbiased=False)) if end - start > 1 else std
-        readings[name] = Reading(name, ranked, spread, (ranked[0][1] - mean) / std)
+        chances = tuple(float(chance[int(i)]) for i in top.indices)
+        readings[name] = Reading(name, ranked, chances, (ranked[0][1] - mean) / std)
     return readings
 
 
@@ -87,10 +94,10 @@ def gaps(readings: Dict[str, Reading], exhaustive: Sequence[str], calibration: C
 
 
 def picks(reading: Reading, calibration: Calibration) -> List[str]:
-    """The terms of a list that are confidently above the rest: none, the best, or the best two when both are."""
-    if reading.lead(0) < calibration.pick:
+    """The terms of a list that CLIP is confident of: none, the best, or the best two when both are."""
+    if reading.chance < calibration.pick:
         return []
-    if len(reading.ranked) > 2 and reading.lead(1) >= calibration.second:
+    if len(reading.ranked) > 1 and reading.chances[1] >= calibration.second:
         return [reading.ranked[0][0], reading.ranked[1][0]]
     return [reading.best]
 
@@ -109,23 +116,23 @@ def choose(whole: Dict[str, Reading], ranking: Sequence[Tuple[str, str]], calibr
 
     1. An exhaustive list whose best term stands too low has no good term: it is reported, never filled.
     2. Each list's confident terms (``picks``), most confident list first.
-    3. Detail pass: a list still empty takes the best term of the crop where that list leads most, when the lead
-       is confident for a crop.
+    3. Detail pass: a list still empty takes the best term of the crop most confident of it, when that chance
+       clears the crop threshold (a detail is one crop's whole view but a few pixels of the picture).
     4. Flavors: the best-scoring terms of the whole pool (``ranking``: (label, list) best first) while each one
        fills a list still empty; the first whose list is covered ends the prompt.
     """
     missing = gaps(whole, exhaustive, calibration)
     chosen: Dict[str, List[str]] = {}
-    for reading in sorted(whole.values(), key=lambda r: -r.lead(0)):
+    for reading in sorted(whole.values(), key=lambda r: -r.chance):
         terms = picks(reading, calibration) if reading.name not in missing else []
         if terms:
             chosen[reading.name] = terms
     for name in whole:
         if name in chosen or name in missing:
             continue
-        leads = [(crop[name].lead(0), crop[name].best) for crop in crops if name in crop]
-        if leads and max(leads)[0] >= calibration.crop:
-            chosen[name] = [max(leads)[1]]
+        sure = [(crop[name].chance, crop[name].best) for crop in crops if name in crop]
+        if sure and max(sure)[0] >= calibration.crop:
+            chosen[name] = [max(sure)[1]]
     for label, name in ranking:
         if name in missing:
             continue

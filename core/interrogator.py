@@ -219,8 +219,8 @@ class Interrogator:
                 for i in range(len(features))]
 
     def confidence(self, images, top: int = 5, progress: Optional[ProgressHook] = None) -> List[Confidence]:
-        """Per image, every ranked list's ``top`` terms with how far each leads the next (in the list's spread of
-        scores), and the exhaustive lists in which no term fits (see ``confidence``)."""
+        """Per image, every ranked list's ``top`` terms with the chance CLIP gives each among the list's terms, and
+        the exhaustive lists in which no term fits (see ``confidence``)."""
         _check_count(top, "top", 1)
         images = as_pil_list(images)
         self.label_index(progress)
@@ -424,7 +424,7 @@ class Interrogator:
         return labels, scores, spans
 
     def _readings(self, features, keep: int = KEEP) -> Dict[str, Reading]:
-        return read(*self._pool_scores(features), keep=keep)
+        return read(*self._pool_scores(features), scale=self.clip.logit_scale, keep=keep)
 
     def _ranking(self, features, k: int = 64) -> List[Tuple[str, str]]:
         """The pool's ``k`` best labels for one image, each with the list it comes from."""

@@ -11,18 +11,17 @@ Analysis = Dict[str, List[Tuple[str, float]]]
 
 
 def analysis_text(results: Sequence[Analysis], confidences: Sequence[Confidence]) -> List[str]:
-    """Readable text, one per image: each list with its best terms and CLIP scores, how far the best term leads
-    the next (in spreads of the list's scores; "confident" where precise mode takes it), then the lists with no
-    good term."""
+    """Readable text, one per image: each list with its best terms and CLIP scores, the chance CLIP gives the best
+    term among the list's terms ("confident" where precise mode takes it), then the lists with no good term."""
     texts = []
     for result, confidence in zip(results, confidences):
         lines = []
         for name, ranked in result.items():
             terms = ", ".join(f"{label} ({score:.3f})" for label, score in ranked)
             reading = confidence.lists.get(name)
-            lead = "" if reading is None or len(reading.ranked) < 2 else \
-                f" | lead {reading.lead(0):.2f}{', confident' if name in confidence.confident else ''}"
-            lines.append(f"{name}: {terms}{lead}")
+            sure = "" if reading is None else \
+                f" | chance {reading.chance:.0%}{', confident' if name in confidence.confident else ''}"
+            lines.append(f"{name}: {terms}{sure}")
         lines.extend(GAP_WARNING.format(name) for name in confidence.gaps)
         texts.append("\n".join(lines))
     return texts

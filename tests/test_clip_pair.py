@@ -1,5 +1,6 @@
 """A CLIP from a text encoder + a CLIP Vision model: transformers as the oracle, round trips, and clear errors."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -69,7 +70,10 @@ def split_files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def round_trip(split_files):
     path, text, vision = split_files
-    return load_clip(weights=path), load_clip_pair(text, vision)
+    original = load_clip(weights=path)
+    # ComfyUI's files carry no temperature: a pair is read at the released models' 100, so the original must be too
+    original.model.logit_scale.data.fill_(math.log(100.0))
+    return original, load_clip_pair(text, vision)
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +104,8 @@ def test_round_trip_keeps_every_tensor(round_trip):
     original, converted = round_trip
     mine = converted.model.state_dict()
     for key, tensor in original.model.state_dict().items():
-        if key != "logit_scale":
-            assert torch.equal(mine[key], tensor), key
+        assert torch.equal(mine[key], tensor), key
+    assert converted.logit_scale == pytest.approx(100.0)
 
 
 def test_cli_takes_a_text_encoder_and_a_clip_vision_file(split_files, images, tmp_path):

@@ -1,4 +1,4 @@
-"""Precise mode's rules on hand-made scores: leads and standings, picks, gaps, and how a prompt is put together."""
+"""Precise mode's rules on hand-made scores: chances and standings, picks, gaps, and how a prompt is put together."""
 
 import json
 
@@ -6,36 +6,46 @@ import pytest
 import torch
 
 from core.confidence import CALIBRATION, Calibration, choose, gaps, picks, read
+from core.errors import InterrogatorError
 
 LABELS = ["circle", "square", "star", "red", "blue", "green", "masterpiece", "8k", "hd"]
 SPANS = {"object": (0, 3), "color": (3, 6), "noise": (6, 9)}
-CAL = Calibration(pick=1.0, second=1.5, gap=0.5, crop=2.0)
+CAL = Calibration(pick=0.6, second=0.4, gap=0.5, crop=0.8)
 
 
-def readings(scores):
-    return read(LABELS, torch.tensor(scores), SPANS)
+def readings(scores, scale=10.0):
+    return read(LABELS, torch.tensor(scores), SPANS, scale=scale)
 
 
-def test_leads_and_standings_do_not_depend_on_the_models_scale():
-    """Real CLIP scores sit near 0.25, the harness model's far wider: one calibration must fit both."""
+def test_a_chance_is_the_softmax_over_the_list_at_the_models_temperature():
+    scores = [0.9, 0.2, 0.1, 0.5, 0.45, 0.1, 0.3, 0.31, 0.29]
+    cool, hot = readings(scores, scale=10.0), readings(scores, scale=100.0)
+    expected = torch.softmax(torch.tensor([0.9, 0.2, 0.1]) * 10.0, dim=0)
+    assert cool["object"].chances == pytest.approx(tuple(expected.tolist()), rel=1e-5)
+    assert [label for label, _ in cool["object"].ranked] == ["circle", "square", "star"]
+    # the same cosines from a model trained at a higher temperature are a surer ranking
+    assert cool["color"].chance < hot["color"].chance
+    assert hot["object"].chance == pytest.approx(1.0) and cool["noise"].chance < 0.4
+
+
+def test_standing_does_not_depend_on_the_models_scale():
+    """Real CLIP scores sit near 0.25, the harness model's far wider: one gap threshold must fit both."""
     scores = [0.9, 0.2, 0.1, 0.5, 0.45, 0.1, 0.3, 0.31, 0.29]
     small = readings([0.22 + 0.05 * s for s in scores])
     large = readings([3.0 * s - 1.0 for s in scores])
     for name in SPANS:
         assert small[name].best == large[name].best
-        assert small[name].lead(0) == pytest.approx(large[name].lead(0), rel=1e-4)
         assert small[name].standing == pytest.approx(large[name].standing, rel=1e-4)
-    assert small["object"].lead(0) > 1.5 > 0.5 > small["color"].lead(0)
 
 
-def test_a_term_is_picked_only_when_it_leads_the_rest():
-    clear = readings([0.9, 0.2, 0.1, 0.5, 0.45, 0.1, 0.3, 0.31, 0.29])
+def test_a_term_is_picked_only_when_clip_is_sure_of_it():
+    clear = readings([0.9, 0.2, 0.1, 0.5, 0.48, 0.1, 0.3, 0.31, 0.29])
     assert picks(clear["object"], CAL) == ["circle"]
     assert picks(clear["color"], CAL) == []  # red and blue nearly tied: neither is said
-    # two terms of one list only when both stand clear of the rest
-    pair = readings([0.9, 0.7, 0.0, 0.5, 0.45, 0.1, 0.3, 0.31, 0.29])
-    assert picks(pair["object"], Calibration(pick=0.5, second=1.5, gap=0.0, crop=9.0)) == ["circle", "square"]
-    assert picks(pair["object"], Calibration(pick=0.5, second=9.0, gap=0.0, crop=9.0)) == ["circle"]
+    # two terms of one list only when the runner-up is likely too
+    pair = readings([0.9, 0.88, 0.0, 0.5, 0.45, 0.1, 0.3, 0.31, 0.29])
+    assert picks(pair["object"], Calibration(pick=0.3, second=0.4, gap=0.0, crop=1.0)) == ["circle", "square"]
+    assert picks(pair["object"], Calibration(pick=0.3, second=0.9, gap=0.0, crop=1.0)) == ["circle"]
 
 
 def test_an_exhaustive_list_whose_best_term_stands_low_is_a_gap():
@@ -66,5 +76,19 @@ def test_calibration_file_is_data_with_its_provenance(tmp_path):
     assert set(data["obtained"]["rules"]) == set(Calibration.__dataclass_fields__)
     # null means "no threshold paid off": that step never adds a term
     path = tmp_path / "calibration.json"
-    path.write_text(json.dumps({"thresholds": {"pick": 1, "second": None, "gap": 0.5, "crop": None}}))
-    assert Calibration.load(str(path)) == Calibration(1.0, float("inf"), 0.5, float("inf"))
+    path.write_text(json.dumps({"thresholds": {"pick": 0.5, "second": None, "gap": 0.5, "crop": None}}))
+    assert Calibration.load(str(path)) == Calibration(0.5, float("inf"), 0.5, float("inf"))
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("{not json", "is not valid JSON"),
+    ('{"thresholds": []}', "'thresholds' must be an object"),
+    ('{"thresholds": {"pick": 0.5, "second": null, "gap": 0.5}}', "has no 'crop'"),
+    ('{"thresholds": {"pick": "high", "second": null, "gap": 0.5, "crop": null}}', "'pick' must be"),
+])
+def test_a_damaged_calibration_file_is_named_with_the_fix(tmp_path, text, problem):
+    path = tmp_path / "calibration.json"
+    path.write_text(text)
+    with pytest.raises(InterrogatorError, match=problem) as caught:
+        Calibration.load(str(path))
+    assert str(path) in str(caught.value)

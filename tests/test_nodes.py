@@ -312,7 +312,7 @@ def test_precise_mode_shows_its_warnings_and_analyze_its_leads(comfy, batch, mon
     texts, _ = node(comfy, "ClipInterrogatorAnalyze").run(batch, handle, 3)["result"]
     for text in texts:
         assert text.endswith(message)
-        assert "\nmediums: " in text and " | lead " in text.split("\nmediums: ")[1].splitlines()[0]
+        assert "\nmediums: " in text and " | chance " in text.split("\nmediums: ")[1].splitlines()[0]
 
 
 def test_style_negative_and_analyze_nodes(comfy, batch):

@@ -107,8 +107,9 @@ def test_detail_pass_is_an_option_of_the_modes_that_have_one(engine):
     examples = world.examples(quality.CALIBRATION_SEED, 0, 3, 0)
     images = [e.image for e in examples]
     whole = engine.interrogate(images, "precise", captions=world.PICTURE)
-    assert engine.interrogate(images, "precise", captions=world.PICTURE, detail=True) == whole  # crop: null
-    # a crop whose best term leads by the crop margin fills lists the whole picture leaves empty
+    never = Interrogator(engine.clip, None, engine.vocab, calibration=replace(engine.calibration, crop=float("inf")))
+    assert never.interrogate(images, "precise", captions=world.PICTURE, detail=True) == whole  # crop: null
+    # a crop sure enough of its best term fills lists the whole picture leaves empty
     eager = Interrogator(engine.clip, None, engine.vocab,
                          calibration=replace(engine.calibration, crop=float("-inf")))
     detailed = eager.interrogate(images, "precise", captions=world.PICTURE, detail=True)
