@@ -209,30 +209,35 @@ class Interrogator:
     def analyze(self, images, top: int = 5, progress: Optional[ProgressHook] = None
                 ) -> List[Dict[str, List[Tuple[str, float]]]]:
         """Per image and list, the ``top`` best labels with their cosine similarity to the image."""
-        _check_count(top, "top", 1)
-        images = as_pil_list(images)
-        index = self.label_index(progress)
-        steps = Steps(progress, len(images), "Analyzing")
-        features = self.clip.encode_images(images, steps.tick)
-        steps.finish()
-        return [{name: self._rank(features[i:i + 1], [name], top, scores=True) for name in index.spans}
-                for i in range(len(features))]
+        return [self._analysis(f, top) for f in self._features(images, top, progress)]
 
     def confidence(self, images, top: int = 5, progress: Optional[ProgressHook] = None) -> List[Confidence]:
         """Per image, every ranked list's ``top`` terms with the chance CLIP gives each among the list's terms, and
         the exhaustive lists in which no term fits (see ``confidence``)."""
+        return [self._confidence(f, top) for f in self._features(images, top, progress)]
+
+    def inspect(self, images, top: int = 5, progress: Optional[ProgressHook] = None
+                ) -> Tuple[List[Dict[str, List[Tuple[str, float]]]], List[Confidence]]:
+        """``analyze`` and ``confidence`` of the same images, encoding each image once (Analyze Image shows both)."""
+        features = self._features(images, top, progress)
+        return [self._analysis(f, top) for f in features], [self._confidence(f, top) for f in features]
+
+    def _features(self, images, top: int, progress: Optional[ProgressHook]) -> List[torch.Tensor]:
         _check_count(top, "top", 1)
         images = as_pil_list(images)
         self.label_index(progress)
         steps = Steps(progress, len(images), "Analyzing")
         features = self.clip.encode_images(images, steps.tick)
         steps.finish()
-        out = []
-        for i in range(len(images)):
-            readings = self._readings(features[i:i + 1], max(top, KEEP))
-            confident = tuple(name for name, reading in readings.items() if picks(reading, self.calibration))
-            out.append(Confidence(readings, confident, tuple(self._gaps(readings))))
-        return out
+        return [features[i:i + 1] for i in range(len(features))]
+
+    def _analysis(self, features, top: int) -> Dict[str, List[Tuple[str, float]]]:
+        return {name: self._rank(features, [name], top, scores=True) for name in self._index.spans}
+
+    def _confidence(self, features, top: int) -> Confidence:
+        readings = self._readings(features, max(top, KEEP))
+        confident = tuple(name for name, reading in readings.items() if picks(reading, self.calibration))
+        return Confidence(readings, confident, tuple(self._gaps(readings)))
 
     def _check_terms(self, spec) -> None:
         """A mode whose lists are all switched off or banned empty would return "" and look like it worked."""

@@ -263,7 +263,7 @@ class Runtime:
                 self.cache.use([clip])
                 self.env.check_interrupt()
                 hook = self.env.progress()
-                result = engine.analyze(images, top=top, progress=hook), engine.confidence(images, top, hook)
+                result = engine.inspect(images, top, hook)
                 self._account_index(clip, key, engine)
                 return result
         except InterrogatorError as error:

@@ -364,3 +364,17 @@ def test_core_imports_nothing_from_comfyui():
             for module in modules:
                 assert module.split(".")[0] not in {"comfy", "comfy_extras", "comfy_api", "folder_paths",
                                                     "nodes", "server"}, (name, module)
+
+
+def test_inspect_is_analyze_and_confidence_from_one_encoding(clip, small_vocab, images, tmp_path):
+    """Analyze Image shows both: each image goes through the vision tower once, not once per view."""
+    engine = Interrogator(clip, None, small_vocab, cache_dir=str(tmp_path))
+    analysis, confidence = engine.analyze(images[:2], top=3), engine.confidence(images[:2], top=3)
+    encoded = []
+    original = clip.encode_images
+    clip.encode_images = lambda batch, poll=None: encoded.append(len(batch)) or original(batch, poll)
+    try:
+        assert engine.inspect(images[:2], top=3) == (analysis, confidence)
+    finally:
+        del clip.encode_images
+    assert encoded == [2]
