@@ -12,7 +12,7 @@ import math
 import os
 import secrets
 from contextlib import contextmanager
-from typing import Iterator, Type
+from typing import Dict, Iterator, Tuple, Type
 
 from .errors import InterrogatorError
 
@@ -85,23 +85,27 @@ def inside(folder: str, name: str, what: str, error: Type[InterrogatorError]) ->
     return os.path.join(folder, *[p for p in parts if p not in ("", ".")])
 
 
-def check_safetensors(path: str, error: Type[InterrogatorError]) -> int:
-    """How many numbers the safetensors file ``path`` holds; ``error`` if it is damaged, truncated or empty.
-
-    Reads the header only; safetensors checks that the header's offsets cover the file exactly.
-    """
+def safetensors_header(path: str, error: Type[InterrogatorError]) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+    """``{name: (dtype, shape)}`` of the safetensors file ``path``, without reading tensor data; ``error`` if it is
+    damaged, truncated or empty (safetensors checks that the header's offsets cover the file exactly)."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, framework="pt") as file:
-            elements = [math.prod(file.get_slice(key).get_shape()) for key in file.keys()]
+            slices = {key: file.get_slice(key) for key in file.keys()}
+            header = {key: (part.get_dtype(), tuple(part.get_shape())) for key, part in slices.items()}
     except OSError as failure:
         raise error(f"cannot read {path} ({failure.strerror or failure}).") from None
     except SafetensorError as failure:
         raise error(f"{path} is damaged or not a safetensors file ({failure}); download it again.") from None
-    if not elements:
+    if not header:
         raise error(f"{path} holds no tensors; download it again.")
-    return sum(elements)
+    return header
+
+
+def check_safetensors(path: str, error: Type[InterrogatorError]) -> int:
+    """How many numbers the safetensors file ``path`` holds; ``error`` if it is damaged, truncated or empty."""
+    return sum(math.prod(shape) for _, shape in safetensors_header(path, error).values())
 
 
 def check_writable(path: str, what: str = "output file") -> None:

@@ -4,13 +4,13 @@ Shapes and dtypes come without reading any tensor data, so a pair of CLIP halves
 heavy loads; a checkpoint's diffusion weights are never read when only its text encoder is wanted.
 """
 
-import json
 import os
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 
 from .errors import ModelLoadError, ModelNotFoundError
+from .files import get, inside, read_json, safetensors_header
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -59,7 +59,7 @@ class SafetensorsFiles:
         self._where: Dict[str, str] = {}
         self._headers: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
         for file in self.files:
-            for key, (dtype, shape) in read_header(file).items():
+            for key, (dtype, shape) in safetensors_header(file, ModelLoadError).items():
                 self._where[key] = file
                 self._headers[key] = (dtype, shape)
         self._open: Dict[str, object] = {}
@@ -93,37 +93,21 @@ class SafetensorsFiles:
         self._open.clear()
 
 
-MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not a model file
-
-
-def read_header(path: str) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
-    """``{name: (dtype, shape)}`` from a safetensors file's header, without reading tensor data."""
-    try:
-        with open(path, "rb") as file:
-            size = int.from_bytes(file.read(8), "little")
-            if not 0 < size <= MAX_HEADER:
-                raise ValueError(f"header size {size}")
-            header = json.loads(file.read(size))
-        return {k: (v["dtype"], tuple(int(n) for n in v["shape"])) for k, v in header.items() if k != "__metadata__"}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ModelLoadError(f"{path} is not a readable .safetensors file ({error}); re-download or re-save it.") \
-            from None
-
-
 def _locate(path: str) -> Tuple[Tuple[str, ...], dict]:
     """The weight files and config of a file or a model folder."""
     if os.path.isdir(path):
-        config = _read_json(os.path.join(path, "config.json"))
+        config = read_json(os.path.join(path, "config.json"), ModelLoadError, "the model's config (a JSON object)")
         index = os.path.join(path, SHARD_INDEX)
         if os.path.isfile(index):
-            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
-            return tuple(os.path.join(path, s) for s in shards), config
+            where = read_json(index, ModelLoadError, "the index of the model's weight files (a JSON object)")
+            shards = sorted(set(get(where, "weight_map", dict, index, ModelLoadError).values()), key=str)
+            return tuple(inside(path, s, f"a weight file named in {index}", ModelLoadError) for s in shards), config
         single = os.path.join(path, "model.safetensors")
         if os.path.isfile(single):
             return (single,), config
         raise ModelNotFoundError(f"{path} holds no model.safetensors (only .safetensors weights are loaded).")
     sidecar = sidecar_json(safetensors_file(path))
-    return (path,), (_read_json(sidecar) if sidecar else {})
+    return (path,), (read_json(sidecar, ModelLoadError, "the model's config (a JSON object)") if sidecar else {})
 
 
 def safetensors_file(path: str, what: str = "model") -> str:
@@ -140,12 +124,3 @@ def sidecar_json(path: str) -> Optional[str]:
     """The ``<name>.json`` beside ``<name>.safetensors`` (a config), if there is one."""
     sidecar = os.path.splitext(path)[0] + ".json"
     return sidecar if os.path.isfile(sidecar) else None
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, "r", encoding="utf-8") as file:
-            value = json.load(file)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot read {path}: {error}") from None
-    return value if isinstance(value, dict) else {}

@@ -275,7 +275,7 @@ def test_pruned_and_unknown_towers(meta, tmp_path):
     text = {k: v for k, v in meta["ViT-H-14"][0][0].items() if ".layers.23." not in k}
     message = _one_line_error(MemoryTensors(text, "sd2_pruned.safetensors"), vision)
     assert "1024 wide, 23 layers" in message and "ViT-H-14 has 24" in message
-    with pytest.raises(ModelLoadError, match="not a readable .safetensors file"):
+    with pytest.raises(ModelLoadError, match="broken.safetensors is damaged or not a safetensors file"):
         SafetensorsFiles(save_broken(tmp_path / "broken.safetensors"))
 
 

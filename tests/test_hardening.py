@@ -210,6 +210,25 @@ def test_damaged_clip_weights_are_named(clip_file, tmp_path, damage):
         load_clip(weights=str(copy))
 
 
+@pytest.mark.parametrize("index, config, message", [
+    ({"weight_map": {"w": "../outside.safetensors"}}, {}, "is outside"),
+    ({"weight_map": ["a.safetensors"]}, {}, "'weight_map' must be an object"),
+    ({"weight_map": {"w": "a.safetensors"}}, ["not", "a", "config"], "config.json holds an array"),
+    ({"weight_map": {"w": "a.safetensors"}}, {}, "a.safetensors (is damaged|holds no tensors)"),
+])
+def test_a_model_folder_is_checked_file_by_file(tmp_path, index, config, message):
+    """A sharded model folder (a text encoder or CLIP Vision model in Hugging Face's layout) names what is wrong."""
+    from core.tensors import SHARD_INDEX, SafetensorsFiles
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / SHARD_INDEX).write_text(json.dumps(index))
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "a.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(ModelLoadError, match=message):
+        SafetensorsFiles(str(folder))
+
+
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_caption_weights_are_named(blip_copy, damage):
     folder = blip_copy()
