@@ -230,16 +230,17 @@ def _write(path: str, rows: List[List[str]], mode: str, columns=("prompt",)) -> 
                                 f"above.") from None
 
 
-def _encoder_prompts(args, engine: Interrogator, images, hook) -> List[dict]:
-    """One JSON object per image: each output of the target, written for its encoder."""
+def _encoder_prompts(args, engine: Interrogator, images, hook) -> List[Tuple[dict, Tuple[str, ...]]]:
+    """Per image, each output of the target written for its encoder, and the image's warnings."""
     target = get_target(args.target)
     counters = {"clip": clip_counter(), "t5": t5_counter(args.t5_tokenizer) if target.needs_t5 else None}
-    parts = engine.prompt_parts(images, args.mode, captions=args.caption, max_terms=args.max_terms, progress=hook)
+    parts = engine.prompt_parts(images, args.mode, captions=args.caption, max_terms=args.max_terms, progress=hook,
+                                detail=args.detail)
     if target.needs_negative:
         negatives = engine.prompt_parts(images, "negative", max_terms=args.max_terms, progress=hook)
         parts = [replace(p, negative=n.terms) for p, n in zip(parts, negatives)]
     contents = {"text_l": "terms"} if args.text_l == "terms" else None
-    return [write(target, p, counters, contents) for p in parts]
+    return [(write(target, p, counters, contents), p.warnings) for p in parts]
 
 
 def interrogate(args) -> int:
@@ -304,9 +305,11 @@ def _encoder_rows(engine: Interrogator, chunk, args, hook, single: bool) -> List
     """--target: one JSON line per image with each output of the target; rows of those outputs for --out."""
     outputs = _encoder_prompts(args, engine, [image for _, image in chunk], hook)
     names = get_target(args.target).names
-    for (path, _), texts in zip(chunk, outputs):
+    for (path, _), (texts, warnings) in zip(chunk, outputs):
         print(json.dumps({"image": path, **texts}, ensure_ascii=False), flush=True)
-    return [[path, *[texts[n] for n in names]] for (path, _), texts in zip(chunk, outputs)]
+        for warning in warnings:
+            print(f"warning: {path}: {warning}", file=sys.stderr, flush=True)
+    return [[path, *[texts[n] for n in names]] for (path, _), (texts, _) in zip(chunk, outputs)]
 
 
 def caption_folder(args) -> int:

@@ -131,6 +131,7 @@ class PromptParts:
     terms: Tuple[str, ...]  # the ranked terms, best first
     negative: Tuple[str, ...] = ()  # the negative-mode terms, when the target has a negative output
     prompt: str = ""  # the mode's prompt these parts were split from
+    warnings: Tuple[str, ...] = ()  # the lists the mode found no good term in (precise mode), as users read them
 
 
 def write(target: Target, parts: PromptParts, counters: Dict[str, object],

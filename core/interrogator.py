@@ -159,13 +159,14 @@ class Interrogator:
                                 prompt.gaps)
 
     def prompt_parts(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
-                     captioner=None, progress: Optional[ProgressHook] = None) -> List[PromptParts]:
+                     captioner=None, progress: Optional[ProgressHook] = None, detail: bool = False
+                     ) -> List[PromptParts]:
         """Per image, the prompt ``interrogate`` gives split into its caption part and its ranked terms, with the
         whole caption: what :mod:`.encoder_prompts` writes each text encoder's prompt from."""
         parts = []
-        for prompt in self.prompts(images, mode, captions, max_terms, captioner, progress):
+        for prompt in self.prompts(images, mode, captions, max_terms, captioner, progress, detail):
             head, terms = split_prompt(prompt.text, prompt.head)
-            parts.append(PromptParts(prompt.caption, head, terms, prompt=prompt.text))
+            parts.append(PromptParts(prompt.caption, head, terms, prompt=prompt.text, warnings=tuple(prompt.warnings)))
         return parts
 
     def _clip_caption(self, caption: str) -> str:

@@ -261,9 +261,10 @@ class _EncoderPromptsNode:
         return cls
 
     def run(self, image, interrogator, mode, max_flavors, caption="", **extra):
-        texts, captions = runtime().encoder_prompts(interrogator, image, self.TARGET.name, mode, caption,
-                                                    max_flavors, self.contents(**extra))
-        shown = ["\n".join(f"{name}: {texts[name][i]}" for name in self.TARGET.names) for i in range(len(captions))]
+        texts, captions, warnings = runtime().encoder_prompts(interrogator, image, self.TARGET.name, mode, caption,
+                                                              max_flavors, self.contents(**extra))
+        shown = ["\n".join([*(f"{name}: {texts[name][i]}" for name in self.TARGET.names), *warnings[i]])
+                 for i in range(len(captions))]
         return {"ui": {"text": shown}, "result": (*[texts[name] for name in self.TARGET.names], captions)}
 
     def contents(self, **extra):

@@ -229,8 +229,9 @@ class Runtime:
 
     def encoder_prompts(self, spec: InterrogatorSpec, images, target: str, mode: str, caption: Optional[str] = None,
                         max_terms: Optional[int] = None, contents: Optional[Dict[str, str]] = None
-                        ) -> Tuple[Dict[str, List[str]], List[str]]:
-        """Per output of ``target`` (see core.encoder_prompts), one text per image; and the captions used."""
+                        ) -> Tuple[Dict[str, List[str]], List[str], List[Tuple[str, ...]]]:
+        """Per output of ``target`` (see core.encoder_prompts), one text per image; the captions used; and each
+        image's warnings (the lists precise mode found no good term in)."""
         try:
             row = get_target(target)
             counters = {"clip": clip_counter(), "t5": self._t5_counter() if row.needs_t5 else None}
@@ -245,7 +246,8 @@ class Runtime:
             texts = [write(row, p, counters, contents) for p in parts]
         except InterrogatorError as error:
             raise user_error(error) from error
-        return {name: [t[name] for t in texts] for name in row.names}, [p.caption for p in parts]
+        return ({name: [t[name] for t in texts] for name in row.names}, [p.caption for p in parts],
+                [p.warnings for p in parts])
 
     def _t5_counter(self):
         with self._lock:

@@ -295,8 +295,8 @@ def test_caption_input_skips_the_caption_model(comfy, batch):
     assert all(len(call["models"]) == 1 for call in comfy.load_calls)  # only CLIP was ever loaded
 
 
-def test_precise_mode_shows_its_warnings_and_analyze_its_leads(comfy, batch, monkeypatch):
-    """A list with no good term is named on the warnings output and on the node; Analyze Image shows the leads."""
+def test_precise_mode_shows_its_warnings_and_analyze_its_chances(comfy, batch, monkeypatch):
+    """A list with no good term is named on the warnings output and on the node; Analyze Image shows the chances."""
     confidence = sys.modules[f"{PACK}.core.confidence"]
     never_close = confidence.Calibration(pick=1.0, second=float("inf"), gap=float("inf"), crop=float("inf"))
     monkeypatch.setattr(confidence.Calibration, "load", classmethod(lambda cls, path=None: never_close))
@@ -313,6 +313,11 @@ def test_precise_mode_shows_its_warnings_and_analyze_its_leads(comfy, batch, mon
     for text in texts:
         assert text.endswith(message)
         assert "\nmediums: " in text and " | chance " in text.split("\nmediums: ")[1].splitlines()[0]
+    # the prompts for one model family's encoders show the same warning under their texts
+    sdxl = node(comfy, "ClipInterrogatorPromptsSDXL").run(batch, handle, "precise", 0, "a cat")
+    text_g, text_l, negative, _ = sdxl["result"]
+    assert sdxl["ui"]["text"] == [f"text_g: {g}\ntext_l: {l}\nnegative: {n}\n{message}"
+                                  for g, l, n in zip(text_g, text_l, negative)]
 
 
 def test_style_negative_and_analyze_nodes(comfy, batch):

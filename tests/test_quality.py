@@ -134,6 +134,12 @@ def test_cli_precise_mode_prints_the_prompt_and_its_warnings(engine, vocab_dir, 
     assert result.returncode == 0, result.stderr
     assert result.stdout == prompt.text + "\n"
     assert result.stderr.splitlines() == [f"warning: {path}: {w}" for w in prompt.warnings]
+    # prompts written for a model family's encoders carry the same warnings
+    sdxl = subprocess.run([*result.args, "--target", "sdxl"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=ENV)
+    assert sdxl.returncode == 0, sdxl.stderr
+    assert json.loads(sdxl.stdout)["text_g"] == prompt.text
+    assert sdxl.stderr.splitlines() == [f"warning: {path}: {w}" for w in prompt.warnings]
 
 
 def test_the_calibration_was_made_on_the_committed_model():
