@@ -16,12 +16,12 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .ban import Ban
 from .errors import ImageError, InterrogatorError
+from .files import new_temp
 from .images import IMAGE_EXTENSIONS, iter_images
 from .modes import get_mode
 from .progress import ProgressHook, Steps
@@ -280,9 +280,9 @@ def write_caption(path: str, text: str, overwrite: bool) -> bool:
     whether it was written."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp, fd = _new_temp(folder, os.path.basename(path))
+    tmp = new_temp(folder, os.path.basename(path), TEMP_SUFFIX)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as file:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as file:
             file.write(text + "\n")
         if overwrite:
             os.replace(tmp, path)
@@ -300,16 +300,6 @@ def write_caption(path: str, text: str, overwrite: bool) -> bool:
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)
-
-
-def _new_temp(folder: str, name: str) -> Tuple[str, int]:
-    """A new file of a name nobody else uses (O_EXCL: never someone's existing file), with the umask's mode."""
-    while True:
-        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
-        try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
 
 
 def _remove_stale_temps(folders: Iterable[str]) -> None:

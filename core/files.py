@@ -137,7 +137,7 @@ def atomic_path(path: str) -> Iterator[str]:
     permissions; a reader of ``path`` sees the old file or the new one, never half of one.
     """
     folder, base = os.path.split(os.path.abspath(path))
-    tmp = _reserve(folder, base)
+    tmp = new_temp(folder, base)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -146,9 +146,11 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
-def _reserve(folder: str, base: str) -> str:
+def new_temp(folder: str, base: str, suffix: str = ".tmp") -> str:
+    """A new empty file in ``folder`` for writing ``base`` through: a hidden name nobody else uses (created
+    exclusively, so never someone's existing file), short enough for any file system whatever ``base``'s length."""
     while True:
-        tmp = os.path.join(folder, f".{base[:80]}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(folder, f".{base[:80]}.{secrets.token_hex(6)}{suffix}")
         try:
             with open(tmp, "x"):
                 return tmp

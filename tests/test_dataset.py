@@ -279,6 +279,13 @@ def test_caption_files_never_replace_a_users_file_unless_asked(tmp_path):
     assert os.listdir(target.parent) == ["a.txt"]
 
 
+def test_a_caption_file_whose_name_is_as_long_as_the_file_system_allows(tmp_path):
+    """The temp file beside it must not be longer: an image named with 251 characters still gets its caption."""
+    target = tmp_path / ("x" * 251 + ".txt")
+    assert write_caption(str(target), "a cat", overwrite=False) and target.read_text() == "a cat\n"
+    assert os.listdir(tmp_path) == [target.name]
+
+
 # -- the text -------------------------------------------------------------------------------------------------------
 def _result(mode="fast"):
     terms = [Term("soft light", "flavors", "flavor", 0.30), Term("by Claude Monet", "artists", "artist", 0.20),
