@@ -200,10 +200,14 @@ class Interrogator:
         max_terms = max_terms or spec.max_terms
         for i, image in enumerate(images):
             options = {"crops": self.clip.encode_images(detail_crops(image), steps.tick)} if detail else {}
+            # a mode that reports gaps chooses its terms from the same readings the report comes from
+            readings = self._readings(features[i:i + 1]) if spec.gap_warnings else None
+            if readings is not None:
+                options["readings"] = readings
             head = self._clip_caption(texts[i])
             # banned labels were never scored; this catches a banned phrase formed where a mode joins two texts
             text = self.vocab.ban.scrub(run(features[i:i + 1], head, max_terms, progress, **options))
-            found = self._gaps(self._readings(features[i:i + 1])) if spec.gap_warnings else ()
+            found = self._gaps(readings) if readings is not None else ()
             steps.advance()
             yield Prompt(text, texts[i], tuple(found), head), features[i:i + 1]
 
@@ -291,12 +295,12 @@ class Interrogator:
         sim = self._similarities(features, [head])[0] if head else 0.0
         return self._chain(features, flavors, head, sim, 0, max_terms, "Style chain", progress)
 
-    def _precise(self, features, caption: str, max_terms: int, progress=None, crops=None) -> str:
+    def _precise(self, features, caption: str, max_terms: int, progress=None, crops=None, readings=None) -> str:
         """Each list's term CLIP is confident of, list by list (see ``confidence.choose``); a list with no good
-        term stays out of the prompt."""
+        term stays out of the prompt. ``readings``: the image's, when the caller has them already."""
         crop_readings = [self._readings(crops[i:i + 1]) for i in range(len(crops))] if crops is not None else []
-        verdict = choose(self._readings(features), self._ranking(features), self.calibration,
-                         self._exhaustive, crop_readings)
+        whole = readings if readings is not None else self._readings(features)
+        verdict = choose(whole, self._ranking(features), self.calibration, self._exhaustive, crop_readings)
         terms = verdict.terms[:max_terms]
         return self._fit(", ".join([caption, *terms]) if caption else ", ".join(terms))
 
