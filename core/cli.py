@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import sys
-from dataclasses import replace
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 import torch
@@ -235,10 +234,7 @@ def _encoder_prompts(args, engine: Interrogator, images, hook) -> List[Tuple[dic
     target = get_target(args.target)
     counters = {"clip": clip_counter(), "t5": t5_counter(args.t5_tokenizer) if target.needs_t5 else None}
     parts = engine.prompt_parts(images, args.mode, captions=args.caption, max_terms=args.max_terms, progress=hook,
-                                detail=args.detail)
-    if target.needs_negative:
-        negatives = engine.prompt_parts(images, "negative", max_terms=args.max_terms, progress=hook)
-        parts = [replace(p, negative=n.terms) for p, n in zip(parts, negatives)]
+                                detail=args.detail, negative=target.needs_negative)
     contents = {"text_l": "terms"} if args.text_l == "terms" else None
     return [(write(target, p, counters, contents), p.warnings) for p in parts]
 

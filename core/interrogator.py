@@ -159,15 +159,24 @@ class Interrogator:
                                 prompt.gaps)
 
     def prompt_parts(self, images, mode: str = "best", captions: Captions = None, max_terms: Optional[int] = None,
-                     captioner=None, progress: Optional[ProgressHook] = None, detail: bool = False
-                     ) -> List[PromptParts]:
+                     captioner=None, progress: Optional[ProgressHook] = None, detail: bool = False,
+                     negative: bool = False) -> List[PromptParts]:
         """Per image, the prompt ``interrogate`` gives split into its caption part and its ranked terms, with the
-        whole caption: what :mod:`.encoder_prompts` writes each text encoder's prompt from."""
+        whole caption: what :mod:`.encoder_prompts` writes each text encoder's prompt from. ``negative``: also the
+        negative mode's terms, from the same encoding of the image (for targets with a negative output)."""
+        if negative:
+            self._check_terms(get_mode("negative"))
         parts = []
-        for prompt in self.prompts(images, mode, captions, max_terms, captioner, progress, detail):
+        for prompt, features in self._prompts(images, mode, captions, max_terms, captioner, progress, detail):
             head, terms = split_prompt(prompt.text, prompt.head)
-            parts.append(PromptParts(prompt.caption, head, terms, prompt=prompt.text, warnings=tuple(prompt.warnings)))
+            unlike = self._negative_terms(features, max_terms, progress) if negative else ()
+            parts.append(PromptParts(prompt.caption, head, terms, unlike, prompt.text, tuple(prompt.warnings)))
         return parts
+
+    def _negative_terms(self, features, max_terms: Optional[int], progress) -> Tuple[str, ...]:
+        """The terms negative mode gives an image already encoded (as ``prompt_parts(images, "negative")``)."""
+        text = self._negative(features, "", max_terms or get_mode("negative").max_terms, progress)
+        return split_prompt(self.vocab.ban.scrub(text), "")[1]
 
     def _clip_caption(self, caption: str) -> str:
         """The caption as the prompt starts with it: cut to the caption budget (see ``Settings.caption_tokens``)."""

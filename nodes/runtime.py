@@ -197,11 +197,11 @@ class Runtime:
             images, mode, captions=captions, max_terms=max_terms or None, progress=hook, detail=detail))
 
     def prompt_parts(self, spec: InterrogatorSpec, images, mode: str, caption: Optional[str] = None,
-                     max_terms: Optional[int] = None) -> List[PromptParts]:
-        """Each image's prompt as caption and terms."""
+                     max_terms: Optional[int] = None, negative: bool = False) -> List[PromptParts]:
+        """Each image's prompt as caption and terms (and its negative terms, with ``negative``)."""
         return self._interrogate(spec, images, mode, caption, lambda engine, images, captions, hook:
                                  engine.prompt_parts(images, mode, captions=captions, max_terms=max_terms or None,
-                                                     progress=hook))
+                                                     progress=hook, negative=negative))
 
     def _interrogate(self, spec: InterrogatorSpec, images, mode: str, caption: Optional[str], call):
         """Captions all images first, then runs ``call(engine, images, captions, hook)`` with CLIP, so the two
@@ -237,11 +237,7 @@ class Runtime:
             counters = {"clip": clip_counter(), "t5": self._t5_counter() if row.needs_t5 else None}
         except InterrogatorError as error:
             raise user_error(error) from error
-        with self._lock:
-            parts = self.prompt_parts(spec, images, mode, caption, max_terms)
-            if row.needs_negative:
-                negatives = self.prompt_parts(spec, images, "negative", None, max_terms)
-                parts = [replace(p, negative=n.terms) for p, n in zip(parts, negatives)]
+        parts = self.prompt_parts(spec, images, mode, caption, max_terms, row.needs_negative)
         try:
             texts = [write(row, p, counters, contents) for p in parts]
         except InterrogatorError as error:

@@ -3,6 +3,7 @@ within its encoder's token limit (counted with that encoder's tokenizer) and nev
 
 import os
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -154,6 +155,23 @@ def test_long_captions_leave_room_for_terms_in_the_engine(clip, images, tmp_path
     reference = Interrogator(clip, None, Vocabulary.builtin(), cache_dir=str(tmp_path / "c"),
                              settings=Settings.reference())
     assert reference.interrogate(images[0], "fast", captions=caption)[0] == caption  # the reference's behaviour
+
+
+def test_negative_terms_come_from_the_same_encoding_of_each_image(clip, images, tmp_path):
+    """A target with a negative output gets negative mode's terms without putting the images through CLIP again."""
+    engine = Interrogator(clip, None, Vocabulary.builtin(), cache_dir=str(tmp_path / "c"))
+    alone = [p.terms for p in engine.prompt_parts(images[:2], "negative", max_terms=5)]
+    plain = engine.prompt_parts(images[:2], "fast", captions="a cat", max_terms=5)
+    encoded = []
+    original = clip.encode_images
+    clip.encode_images = lambda batch, poll=None: encoded.append(len(batch)) or original(batch, poll)
+    try:
+        both = engine.prompt_parts(images[:2], "fast", captions="a cat", max_terms=5, negative=True)
+    finally:
+        del clip.encode_images
+    assert encoded == [2]
+    assert [p.negative for p in both] == alone and all(alone)
+    assert [replace(p, negative=()) for p in both] == plain
 
 
 def test_unknown_target_and_content_are_clear_errors():
