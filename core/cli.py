@@ -292,9 +292,13 @@ def _prompts(engine: Interrogator, chunk, args, hook, single: bool) -> List[List
     rows = [[path, prompt.text] for (path, _), prompt in zip(chunk, prompts)]
     for (path, text), prompt in zip(rows, prompts):
         print(text if single else f"{path}\t{text}", flush=True)
-        for warning in prompt.warnings:
-            print(f"warning: {path}: {warning}", file=sys.stderr, flush=True)
+        _warn(path, prompt.warnings)
     return rows
+
+
+def _warn(path: str, warnings: Iterable[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {path}: {warning}", file=sys.stderr, flush=True)
 
 
 def _encoder_rows(engine: Interrogator, chunk, args, hook, single: bool) -> List[List[str]]:
@@ -303,8 +307,7 @@ def _encoder_rows(engine: Interrogator, chunk, args, hook, single: bool) -> List
     names = get_target(args.target).names
     for (path, _), (texts, warnings) in zip(chunk, outputs):
         print(json.dumps({"image": path, **texts}, ensure_ascii=False), flush=True)
-        for warning in warnings:
-            print(f"warning: {path}: {warning}", file=sys.stderr, flush=True)
+        _warn(path, warnings)
     return [[path, *[texts[n] for n in names]] for (path, _), (texts, _) in zip(chunk, outputs)]
 
 

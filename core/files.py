@@ -2,9 +2,11 @@
 
 - ``read_json`` / ``get``: a JSON config read with its shape checked, so a malformed file is an error naming it;
 - ``inside``: a name from a workflow or a manifest resolved inside its folder, never outside it;
-- ``check_safetensors``: a weights file's header checked, so a damaged download is named before a loader chokes;
-- ``atomic_path`` / ``check_writable``: results written to a unique temp file renamed over the target, so a crash
-  or a cancel never leaves half a file and no other file (a user's ``out.tmp``) is touched on the way.
+- ``safetensors_header`` / ``check_safetensors``: a weights file's header read and checked, so a damaged download
+  is named before a loader chokes;
+- ``atomic_path`` / ``new_temp`` / ``check_writable``: results written to a unique temp file renamed over the
+  target, so a crash or a cancel never leaves half a file and no other file (a user's ``out.tmp``) is touched on
+  the way.
 """
 
 import json
