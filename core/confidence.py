@@ -1,17 +1,25 @@
-"""How sure CLIP is of a list's best term: the chance it gives that term among the list's terms.
+"""How sure CLIP is of a list's best term, and whether any of its terms fits the image at all.
 
 A list's terms compete for the image the way CLIP was trained to rank them: a softmax over their cosine
 similarities at the model's own temperature (its logit scale, 100 for the released CLIP models). That chance is a
 probability, so one threshold carries from one model to another, and a term that is right more often than wrong
-has a chance above about one half. Whether any term of a list fits the image at all is a different question, its
-standing: how far the list's best score stands above the average score of all terms, in their standard deviations.
+has a chance above about one half.
+
+The chance says which term wins, not whether the winner is any good: a picture of a hexagon still gives "circle"
+most of the chance when the list has no hexagon. The fit asks the second question. Seen from inside the space the
+list's terms span, the image points somewhere; the fit is the cosine between that direction and the best term. It
+is 1 when the best term points exactly where the image does, and low when the image points between or away from all
+the terms, the signature of a value the list lacks. Features outside the list's span (the other attributes) leave
+it unchanged. (A list with more terms than the model has dimensions spans everything, and its fit is the best
+term's plain cosine similarity.)
+
 The thresholds are calibrated on the quality harness's model (``calibration.json``, written by
 ``bench/quality.py --calibrate``).
 """
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -28,7 +36,7 @@ class Calibration:
 
     pick: float  # a list's best term enters the prompt when its chance is at least this
     second: float  # the runner-up enters too when its own chance is at least this (and the best entered)
-    gap: float  # an exhaustive list whose best term stands less than this above all terms has no good term
+    gap: float  # an exhaustive list whose best term fits the image less than this has no good term
     crop: float  # detail pass: a crop's best term of a list not yet covered enters when its chance is this
 
     @classmethod
@@ -49,7 +57,7 @@ class Reading:
     name: str
     ranked: Tuple[Tuple[str, float], ...]  # the best few (label, cosine similarity), best first
     chances: Tuple[float, ...]  # each ranked term's probability among all the list's terms
-    standing: float  # (best score - mean of all terms' scores) / their standard deviation
+    fit: Optional[float] = None  # the best term's fit to the image (see above); measured for exhaustive lists
 
     @property
     def best(self) -> str:
@@ -69,12 +77,25 @@ class Confidence:
     gaps: Tuple[str, ...]
 
 
+def span_basis(embeddings: torch.Tensor) -> torch.Tensor:
+    """Orthonormal rows spanning the space of a list's term embeddings (rows of ``embeddings``)."""
+    gram = embeddings.float().T @ embeddings.float()  # dimension x dimension, whatever the list's length
+    values, vectors = torch.linalg.eigh(gram)
+    return vectors[:, values > values.max() * 1e-6].T.contiguous()
+
+
+def reach(features: torch.Tensor, basis: torch.Tensor) -> float:
+    """The length of one image's features inside the space ``basis`` spans."""
+    return float((basis @ features.float().flatten().to(basis.device)).norm())
+
+
 def read(labels: Sequence[str], scores: torch.Tensor, spans: Dict[str, Tuple[int, int]], scale: float,
-         keep: int = KEEP) -> Dict[str, Reading]:
+         keep: int = KEEP, reaches: Optional[Dict[str, float]] = None) -> Dict[str, Reading]:
     """Readings of every list from one image's cosine similarities to all ``labels`` (``spans``: each list's
-    rows); ``scale``: the model's logit scale, the temperature its softmax was trained at."""
+    rows); ``scale``: the model's logit scale, the temperature its softmax was trained at; ``reaches``: for the
+    lists whose fit is wanted, the image's ``reach`` into the list's span."""
     scores = scores.float().flatten()
-    mean, std = float(scores.mean()), max(float(scores.std(unbiased=False)), 1e-8)
+    reaches = reaches or {}
     readings = {}
     for name, (start, end) in spans.items():
         if end <= start:
@@ -84,13 +105,16 @@ def read(labels: Sequence[str], scores: torch.Tensor, spans: Dict[str, Tuple[int
         top = part.topk(min(max(keep, KEEP), end - start))
         ranked = tuple((labels[start + int(i)], float(v)) for v, i in zip(top.values, top.indices))
         chances = tuple(float(chance[int(i)]) for i in top.indices)
-        readings[name] = Reading(name, ranked, chances, (ranked[0][1] - mean) / std)
+        fit = None
+        if name in reaches:  # an image with nothing in the list's span fits none of its terms
+            fit = ranked[0][1] / reaches[name] if reaches[name] > 1e-6 else 0.0
+        readings[name] = Reading(name, ranked, chances, fit)
     return readings
 
 
 def gaps(readings: Dict[str, Reading], exhaustive: Sequence[str], calibration: Calibration) -> List[str]:
-    """The exhaustive lists whose best term stands too low among all terms: none of their terms fits."""
-    return [name for name in exhaustive if name in readings and readings[name].standing < calibration.gap]
+    """The exhaustive lists whose best term fits the image too poorly: none of their terms is right."""
+    return [name for name in exhaustive if name in readings and readings[name].fit < calibration.gap]
 
 
 def picks(reading: Reading, calibration: Calibration) -> List[str]:
@@ -114,7 +138,7 @@ def choose(whole: Dict[str, Reading], ranking: Sequence[Tuple[str, str]], calibr
            exhaustive: Sequence[str] = (), crops: Sequence[Dict[str, Reading]] = ()) -> Verdict:
     """Precise mode's terms, by list (each list is a category).
 
-    1. An exhaustive list whose best term stands too low has no good term: it is reported, never filled.
+    1. An exhaustive list whose best term fits too poorly has no good term: it is reported, never filled.
     2. Each list's confident terms (``picks``), most confident list first.
     3. Detail pass: a list still empty takes the best term of the crop most confident of it, when that chance
        clears the crop threshold (a detail is one crop's whole view but a few pixels of the picture).

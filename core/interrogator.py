@@ -10,7 +10,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .confidence import KEEP, Calibration, Confidence, Reading, choose, gaps, picks, read
+from .confidence import KEEP, Calibration, Confidence, Reading, choose, gaps, picks, reach, read
 from .embeddings import EmbeddingCache, LabelIndex
 from .encoder_prompts import CAPTION_TOKENS, PromptParts
 from .errors import InterrogatorError, VocabError
@@ -443,7 +443,8 @@ class Interrogator:
         return labels, scores, spans
 
     def _readings(self, features, keep: int = KEEP) -> Dict[str, Reading]:
-        return read(*self._pool_scores(features), scale=self.clip.logit_scale, keep=keep)
+        reaches = {name: reach(features, self._index.basis(name)) for name in self._exhaustive}
+        return read(*self._pool_scores(features), scale=self.clip.logit_scale, keep=keep, reaches=reaches)
 
     def _ranking(self, features, k: int = 64) -> List[Tuple[str, str]]:
         """The pool's ``k`` best labels for one image, each with the list it comes from."""

@@ -12,7 +12,8 @@ Analysis = Dict[str, List[Tuple[str, float]]]
 
 def analysis_text(results: Sequence[Analysis], confidences: Sequence[Confidence]) -> List[str]:
     """Readable text, one per image: each list with its best terms and CLIP scores, the chance CLIP gives the best
-    term among the list's terms ("confident" where precise mode takes it), then the lists with no good term."""
+    term among the list's terms ("confident" where precise mode takes it) and, for a list every image has a value
+    of, how well that term fits the image; then the lists with no good term."""
     texts = []
     for result, confidence in zip(results, confidences):
         lines = []
@@ -20,7 +21,8 @@ def analysis_text(results: Sequence[Analysis], confidences: Sequence[Confidence]
             terms = ", ".join(f"{label} ({score:.3f})" for label, score in ranked)
             reading = confidence.lists.get(name)
             sure = "" if reading is None else \
-                f" | chance {reading.chance:.0%}{', confident' if name in confidence.confident else ''}"
+                f" | chance {reading.chance:.0%}{', confident' if name in confidence.confident else ''}" \
+                f"{'' if reading.fit is None else f', fit {reading.fit:.2f}'}"
             lines.append(f"{name}: {terms}{sure}")
         lines.extend(GAP_WARNING.format(name) for name in confidence.gaps)
         texts.append("\n".join(lines))

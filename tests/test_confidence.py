@@ -1,11 +1,11 @@
-"""Precise mode's rules on hand-made scores: chances and standings, picks, gaps, and how a prompt is put together."""
+"""Precise mode's rules on hand-made scores: chances and fits, picks, gaps, and how a prompt is put together."""
 
 import json
 
 import pytest
 import torch
 
-from core.confidence import CALIBRATION, Calibration, choose, gaps, picks, read
+from core.confidence import CALIBRATION, Calibration, choose, gaps, picks, reach, read, span_basis
 from core.errors import InterrogatorError
 
 LABELS = ["circle", "square", "star", "red", "blue", "green", "masterpiece", "8k", "hd"]
@@ -14,7 +14,8 @@ CAL = Calibration(pick=0.6, second=0.4, gap=0.5, crop=0.8)
 
 
 def readings(scores, scale=10.0):
-    return read(LABELS, torch.tensor(scores), SPANS, scale=scale)
+    # a reach of 1: the image lies wholly in the lists' span, so a fit is the best term's plain cosine
+    return read(LABELS, torch.tensor(scores), SPANS, scale=scale, reaches={"object": 1.0, "color": 1.0})
 
 
 def test_a_chance_is_the_softmax_over_the_list_at_the_models_temperature():
@@ -28,14 +29,36 @@ def test_a_chance_is_the_softmax_over_the_list_at_the_models_temperature():
     assert hot["object"].chance == pytest.approx(1.0) and cool["noise"].chance < 0.4
 
 
-def test_standing_does_not_depend_on_the_models_scale():
-    """Real CLIP scores sit near 0.25, the harness model's far wider: one gap threshold must fit both."""
-    scores = [0.9, 0.2, 0.1, 0.5, 0.45, 0.1, 0.3, 0.31, 0.29]
-    small = readings([0.22 + 0.05 * s for s in scores])
-    large = readings([3.0 * s - 1.0 for s in scores])
-    for name in SPANS:
-        assert small[name].best == large[name].best
-        assert small[name].standing == pytest.approx(large[name].standing, rel=1e-4)
+TERMS = torch.eye(5)[:3]  # a list of three terms, orthogonal; the two other axes are the picture's other attributes
+
+
+def fit(image, terms=TERMS):
+    image = torch.tensor(image, dtype=torch.float32)
+    image = image / image.norm()
+    labels = [str(i) for i in range(len(terms))]
+    scores = terms @ image
+    reaches = {"list": reach(image, span_basis(terms))}
+    return read(labels, scores, {"list": (0, len(terms))}, scale=100.0, reaches=reaches)["list"].fit
+
+
+def test_fit_is_the_cosine_between_the_best_term_and_the_image_seen_within_the_lists_span():
+    assert fit([0.6, 0.0, 0.0, 0.8, 0.0]) == pytest.approx(1.0)  # points at a term
+    assert fit([0.4, 0.4, 0.0, 0.8, 0.0]) == pytest.approx(0.5 ** 0.5)  # halfway between two: a value it lacks
+    assert fit([0.3, 0.3, 0.3, 0.0, 0.8]) == pytest.approx(3 ** -0.5)  # equally near all three
+    # how much of the picture the other attributes take changes the cosines, not the fit
+    for other in (0.1, 1.0, 5.0):
+        assert fit([0.4, 0.4, 0.0, other, other]) == pytest.approx(0.5 ** 0.5)
+    assert fit([0.0, 0.0, 0.0, 0.6, 0.8]) == 0.0  # nothing of the picture lies in the list's span
+
+
+def test_a_list_spans_what_its_terms_span():
+    repeated = torch.cat([TERMS, TERMS[:1], TERMS[:2].sum(0, keepdim=True) / 2 ** 0.5])
+    assert span_basis(repeated).shape == (3, 5)  # repeated and combined terms add no direction
+    assert fit([0.4, 0.4, 0.0, 0.8, 0.0], repeated) == pytest.approx(1.0)  # the combined term fits exactly
+    # more terms than dimensions span every direction: the fit is the best term's plain cosine
+    many = torch.nn.functional.normalize(torch.randn(12, 5, generator=torch.Generator().manual_seed(0)), dim=-1)
+    image = torch.tensor([0.4, 0.4, 0.0, 0.8, 0.0]) / 0.96 ** 0.5
+    assert fit(image.tolist(), many) == pytest.approx(float((many @ image).max()), rel=1e-5)
 
 
 def test_a_term_is_picked_only_when_clip_is_sure_of_it():
@@ -48,7 +71,7 @@ def test_a_term_is_picked_only_when_clip_is_sure_of_it():
     assert picks(pair["object"], Calibration(pick=0.3, second=0.9, gap=0.0, crop=1.0)) == ["circle"]
 
 
-def test_an_exhaustive_list_whose_best_term_stands_low_is_a_gap():
+def test_an_exhaustive_list_whose_best_term_fits_poorly_is_a_gap():
     weak_objects = readings([0.31, 0.3, 0.29, 0.9, 0.2, 0.1, 0.3, 0.31, 0.29])
     assert gaps(weak_objects, ["object", "color"], CAL) == ["object"]
     assert gaps(weak_objects, ["color"], CAL) == []  # only exhaustive lists are checked

@@ -71,9 +71,9 @@ def test_smoke_run_prints_the_table_and_the_goal_check():
 def test_precise_says_which_list_has_no_good_term_instead_of_a_wrong_one(engine):
     examples = world.examples(quality.CALIBRATION_SEED, 0, 0, 4)
     images = [e.image for e in examples]
-    standing = [c.lists[e.scene.gap_category].standing for c, e in zip(engine.confidence(images), examples)]
-    # a threshold above every gap list's standing: each picture reports its missing list and writes no term of it
-    strict = Calibration(pick=engine.calibration.pick, second=float("inf"), gap=max(standing) + 1e-3,
+    fits = [c.lists[e.scene.gap_category].fit for c, e in zip(engine.confidence(images), examples)]
+    # a threshold above every gap list's fit: each picture reports its missing list and writes no term of it
+    strict = Calibration(pick=engine.calibration.pick, second=float("inf"), gap=max(fits) + 1e-3,
                          crop=float("inf"))
     lenient = replace(strict, gap=float("-inf"))
     owner = world.term_categories()
