@@ -169,3 +169,15 @@ def test_precise_mode_captions_a_dataset_and_logs_the_gaps(engine, tmp_path):
     logged = [records[f"data/{os.path.basename(item.path)}"] for item in items]
     assert [r["prompt"] for r in logged] == [p.text for p in prompts]
     assert [r["gaps"] for r in logged] == [list(p.gaps) for p in prompts] and any(p.gaps for p in prompts)
+
+
+def test_gap_ceiling_compares_a_detector_shown_the_answers_with_precise_modes_fit():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gap_ceiling.py"), "--train", "40",
+                             "--epochs", "3"], capture_output=True, text=True, timeout=600, env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    head, rows = _table(result.stdout)
+    assert head[3:] == sorted(v for values in world.GAP.values() for v in values)
+    assert set(rows) == {"trained with the answers (all term scores)", "precise mode's fit (core/calibration.json)"}
+    for row in rows.values():
+        assert all(0 <= int(row[column].rstrip("%")) <= 100 for column in head[1:])
+    assert rows["trained with the answers (all term scores)"]["false alarms"] == "10%"
