@@ -8,6 +8,7 @@ import enum
 import importlib.util
 import json
 import os
+import re
 import sys
 import types
 
@@ -296,7 +297,8 @@ def test_caption_input_skips_the_caption_model(comfy, batch):
 
 
 def test_precise_mode_shows_its_warnings_and_analyze_its_chances(comfy, batch, monkeypatch):
-    """A list with no good term is named on the warnings output and on the node; Analyze Image shows the chances."""
+    """A list with no good term is named on the warnings output and on the node; Analyze Image shows the chances
+    and, for the exhaustive list, the fit."""
     confidence = sys.modules[f"{PACK}.core.confidence"]
     never_close = confidence.Calibration(pick=1.0, second=float("inf"), gap=float("inf"), crop=float("inf"))
     monkeypatch.setattr(confidence.Calibration, "load", classmethod(lambda cls, path=None: never_close))
@@ -312,7 +314,10 @@ def test_precise_mode_shows_its_warnings_and_analyze_its_chances(comfy, batch, m
     texts, _ = node(comfy, "ClipInterrogatorAnalyze").run(batch, handle, 3)["result"]
     for text in texts:
         assert text.endswith(message)
-        assert "\nmediums: " in text and " | chance " in text.split("\nmediums: ")[1].splitlines()[0]
+        mediums_line = text.split("\nmediums: ")[1].splitlines()[0]
+        assert re.search(r" \| chance \d+%, fit -?\d\.\d\d$", mediums_line)  # mediums is exhaustive: it has a fit
+        flavors_line = text.split("\nflavors: ")[1].splitlines()[0]
+        assert " | chance " in flavors_line and ", fit " not in flavors_line  # flavors is not
     # the prompts for one model family's encoders show the same warning under their texts
     sdxl = node(comfy, "ClipInterrogatorPromptsSDXL").run(batch, handle, "precise", 0, "a cat")
     text_g, text_l, negative, _ = sdxl["result"]
