@@ -115,7 +115,7 @@ def embed_labels(encoder, labels: List[str], cache: EmbeddingCache, list_name: s
     meta = {"format": FORMAT, "model": clip.name, "model_key": clip.key, "dtype": str(clip.dtype),
             "labels_sha256": content, "count": str(len(labels))}
     path = cache.path(clip.name, f"{clip.key}_{str(clip.dtype).replace('torch.', '')}", list_name, content)
-    embeds = cache.load(path, meta, encoder._output_dim())
+    embeds = cache.load(path, meta, encoder.output_dim())
     if embeds is None:
         embeds = encoder.encode(labels, hook, f"Embedding {list_name}").half().cpu()
         cache.save(path, embeds, meta)
@@ -139,7 +139,7 @@ class LabelIndex:
             self.spans[term_list.name] = (len(self.labels), len(self.labels) + len(labels))
             self.labels.extend(labels)
             blocks.append(embed_labels(encoder, labels, cache, term_list.name, hook))
-        self.embeds = torch.cat(blocks) if blocks else torch.empty(0, encoder._output_dim(), dtype=torch.float16)
+        self.embeds = torch.cat(blocks) if blocks else torch.empty(0, encoder.output_dim(), dtype=torch.float16)
         self._whole: Dict[str, torch.Tensor] = {}
         self._gathered: Dict[Tuple, torch.Tensor] = {}
         self._bases: Dict[str, torch.Tensor] = {}

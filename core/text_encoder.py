@@ -154,7 +154,7 @@ class TextEncoder:
     def _run(self, forward, batches: List[List[int]], count: int, poll: Poll = None, advance=None) -> torch.Tensor:
         """``forward(rows, poll)`` of every batch, gathered into one matrix of ``count`` rows, checked finite (see
         :func:`.parallel.each_batch` for ``poll``)."""
-        out = torch.empty(count, self._output_dim(), dtype=torch.float32, device=self.clip.device)
+        out = torch.empty(count, self.output_dim(), dtype=torch.float32, device=self.clip.device)
 
         def done(rows, features):
             out[rows] = features
@@ -228,7 +228,8 @@ class TextEncoder:
         x = x.float()
         return x / x.norm(dim=-1, keepdim=True)
 
-    def _output_dim(self) -> int:
+    def output_dim(self) -> int:
+        """The length of one text's features (the model's embedding size)."""
         projection = self.model.text_projection
         return projection.out_features if isinstance(projection, torch.nn.Linear) else projection.shape[-1]
 

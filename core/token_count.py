@@ -17,7 +17,7 @@ from .errors import ModelLoadError
 log = logging.getLogger("clip_interrogator")
 
 CLIP_CONTEXT = 77
-MAX_TEXT_CHARS = 20_000  # longer texts are cut before tokenizing: bounded work whatever a model wrote
+MAX_COUNTED_CHARS = 20_000  # longer texts are cut before tokenizing: bounded work whatever a model wrote
 
 
 class ClipCounter:
@@ -31,7 +31,7 @@ class ClipCounter:
         self.tokenizer = SimpleTokenizer()
 
     def count(self, text: str) -> int:
-        return len(self.tokenizer.encode(text[:MAX_TEXT_CHARS])) + 2
+        return len(self.tokenizer.encode(text[:MAX_COUNTED_CHARS])) + 2
 
 
 class T5Counter:
@@ -52,7 +52,7 @@ class T5Counter:
         self.source = file
 
     def count(self, text: str) -> int:
-        return len(self.tokenizer.encode(text[:MAX_TEXT_CHARS]).ids)
+        return len(self.tokenizer.encode(text[:MAX_COUNTED_CHARS]).ids)
 
 
 class CharBound:
@@ -61,7 +61,7 @@ class CharBound:
     name = "T5 (character bound)"
 
     def count(self, text: str) -> int:
-        return len(text[:MAX_TEXT_CHARS]) + 2
+        return len(text[:MAX_COUNTED_CHARS]) + 2
 
 
 _clip: Optional[ClipCounter] = None
@@ -91,12 +91,12 @@ _PHRASE_END = re.compile(r"[.,;:!?](?=\s)")
 def shorten(text: str, fits: Callable[[str], bool]) -> str:
     """The longest start of ``text`` that ``fits``, cut after a phrase (.,;:!?) when that keeps at least half of
     what a cut between words keeps, else between words; "" when not even the first word fits."""
-    if len(text) <= MAX_TEXT_CHARS and fits(text):
+    if len(text) <= MAX_COUNTED_CHARS and fits(text):
         return text
     text = " ".join(text.split())  # whitespace runs first: "a cat<200,000 spaces>on a mat" is four words, not "a"
-    if len(text) <= MAX_TEXT_CHARS and fits(text):
+    if len(text) <= MAX_COUNTED_CHARS and fits(text):
         return text
-    text = text[:MAX_TEXT_CHARS]
+    text = text[:MAX_COUNTED_CHARS]
     words = [m.start() for m in re.finditer(r" ", text)]  # a cut before each space keeps whole words
     low, high = 0, len(words)  # binary search: a longer start never has fewer tokens
     while low < high:
