@@ -351,8 +351,8 @@ def write_calibration(calibration: Calibration, notes: Dict[str, str], args, cou
     data = {
         "thresholds": {name: finite(getattr(calibration, name)) for name in Calibration.__dataclass_fields__},
         "units": "pick, second, crop: a term's chance among its list's terms (softmax at the model's logit scale); "
-                 "gap: the best term's fit, the cosine between it and the image within the space the list's terms "
-                 "span (core/confidence.py)",
+                 "gap: the best term's fit, the cosine between it and the image within the space the list's three "
+                 "best terms span (core/confidence.py)",
         "obtained": {
             "command": "python bench/quality.py --calibrate",
             "model": f"{os.path.relpath(args.model, os.path.dirname(HERE))} (sha256 {digest}...)",

@@ -6,12 +6,12 @@ probability, so one threshold carries from one model to another, and a term that
 has a chance above about one half.
 
 The chance says which term wins, not whether the winner is any good: a picture of a hexagon still gives "circle"
-most of the chance when the list has no hexagon. The fit asks the second question. Seen from inside the space the
-list's terms span, the image points somewhere; the fit is the cosine between that direction and the best term. It
-is 1 when the best term points exactly where the image does, and low when the image points between or away from all
-the terms, the signature of a value the list lacks. Features outside the list's span (the other attributes) leave
-it unchanged. (A list with more terms than the model has dimensions spans everything, and its fit is the best
-term's plain cosine similarity.)
+most of the chance when the list has no hexagon. The fit asks the second question. Seen from inside the space that
+the list's best few terms span, the image points somewhere; the fit is the cosine between that direction and the
+best term. It is 1 when the best term points exactly where the image does, and low when the image points between
+or away from all of them, the signature of a value the list lacks. Features outside that space (the picture's other
+attributes) leave it unchanged, and so does the list's length: it is always the best FIT_TERMS terms, so a fit
+means the same for a list of five terms and one of three hundred, whose own span would take in much of any image.
 
 The thresholds are calibrated on the quality harness's model (``calibration.json``, written by
 ``bench/quality.py --calibrate``).
@@ -28,6 +28,7 @@ from .files import get, read_json
 
 CALIBRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration.json")
 KEEP = 3  # ranked terms a reading keeps: the best, the runner-up and the one that follows
+FIT_TERMS = 3  # the best terms whose span a fit is measured in, those that compete for the image (<= KEEP)
 
 
 @dataclass(frozen=True)
@@ -77,25 +78,24 @@ class Confidence:
     gaps: Tuple[str, ...]
 
 
-def span_basis(embeddings: torch.Tensor) -> torch.Tensor:
-    """Orthonormal rows spanning the space of a list's term embeddings (rows of ``embeddings``)."""
-    gram = embeddings.float().T @ embeddings.float()  # dimension x dimension, whatever the list's length
-    values, vectors = torch.linalg.eigh(gram)
-    return vectors[:, values > values.max() * 1e-6].T.contiguous()
-
-
-def reach(features: torch.Tensor, basis: torch.Tensor) -> float:
-    """The length of one image's features inside the space ``basis`` spans."""
-    return float((basis @ features.float().flatten().to(basis.device)).norm())
+def fit(scores: torch.Tensor, embeddings: torch.Tensor) -> float:
+    """The fit of the best of a few terms, from the image's cosine similarities to them (best first) and their
+    embeddings: the image's length inside their span is sqrt(s' G^-1 s), G being the terms' Gram matrix."""
+    scores, embeddings = scores.float().cpu(), embeddings.float().cpu()
+    # near-duplicate terms make the Gram matrix nearly singular: directions below fp16's precision are dropped,
+    # or the rounding of half-precision scores would be amplified into the length
+    inside = float(scores @ torch.linalg.pinv(embeddings @ embeddings.T, rtol=1e-3, hermitian=True) @ scores)
+    # an image with nothing in the terms' span fits none of them
+    return float(scores[0]) / inside ** 0.5 if inside > 1e-12 else 0.0
 
 
 def read(labels: Sequence[str], scores: torch.Tensor, spans: Dict[str, Tuple[int, int]], scale: float,
-         keep: int = KEEP, reaches: Optional[Dict[str, float]] = None) -> Dict[str, Reading]:
+         keep: int = KEEP, embeddings: Optional[torch.Tensor] = None, fitted: Sequence[str] = ()
+         ) -> Dict[str, Reading]:
     """Readings of every list from one image's cosine similarities to all ``labels`` (``spans``: each list's
-    rows); ``scale``: the model's logit scale, the temperature its softmax was trained at; ``reaches``: for the
-    lists whose fit is wanted, the image's ``reach`` into the list's span."""
+    rows); ``scale``: the model's logit scale, the temperature its softmax was trained at; ``fitted``: the lists
+    whose fit is measured, from ``embeddings`` (the labels' rows)."""
     scores = scores.float().flatten()
-    reaches = reaches or {}
     readings = {}
     for name, (start, end) in spans.items():
         if end <= start:
@@ -105,10 +105,9 @@ def read(labels: Sequence[str], scores: torch.Tensor, spans: Dict[str, Tuple[int
         top = part.topk(min(max(keep, KEEP), end - start))
         ranked = tuple((labels[start + int(i)], float(v)) for v, i in zip(top.values, top.indices))
         chances = tuple(float(chance[int(i)]) for i in top.indices)
-        fit = None
-        if name in reaches:  # an image with nothing in the list's span fits none of its terms
-            fit = ranked[0][1] / reaches[name] if reaches[name] > 1e-6 else 0.0
-        readings[name] = Reading(name, ranked, chances, fit)
+        best = top.indices[:FIT_TERMS]
+        measured = fit(part[best], embeddings[(start + best).to(embeddings.device)]) if name in fitted else None
+        readings[name] = Reading(name, ranked, chances, measured)
     return readings
 
 

@@ -14,7 +14,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .confidence import span_basis
 from .files import atomic_path
 from .progress import ProgressHook
 from .vocab import Vocabulary
@@ -142,7 +141,6 @@ class LabelIndex:
         self.embeds = torch.cat(blocks) if blocks else torch.empty(0, encoder.output_dim(), dtype=torch.float16)
         self._whole: Dict[str, torch.Tensor] = {}
         self._gathered: Dict[Tuple, torch.Tensor] = {}
-        self._bases: Dict[str, torch.Tensor] = {}
 
     def device_nbytes(self, device) -> int:
         """Memory the full scoring matrix takes on ``device`` (float32 on the CPU, fp16 elsewhere)."""
@@ -168,13 +166,6 @@ class LabelIndex:
         if key not in self._gathered:
             self._gathered[key] = self._matrix(device)[index]
         return labels, self._gathered[key]
-
-    def basis(self, name: str) -> torch.Tensor:
-        """The orthonormal basis of one list's span, on the CPU (made on first use: see confidence.fit)."""
-        if name not in self._bases:
-            start, end = self.spans[name]
-            self._bases[name] = span_basis(self.embeds[start:end])
-        return self._bases[name]
 
     def _matrix(self, device) -> torch.Tensor:
         key = str(device)

@@ -10,7 +10,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .confidence import KEEP, Calibration, Confidence, Reading, choose, gaps, picks, reach, read
+from .confidence import KEEP, Calibration, Confidence, Reading, choose, gaps, picks, read
 from .embeddings import EmbeddingCache, LabelIndex
 from .encoder_prompts import CAPTION_TOKENS, PromptParts
 from .errors import InterrogatorError, VocabError
@@ -432,23 +432,23 @@ class Interrogator:
     def _exhaustive(self) -> List[str]:
         return [tl.name for tl in self.vocab.pool if tl.exhaustive]
 
-    def _pool_scores(self, features) -> Tuple[List[str], torch.Tensor, Dict[str, Tuple[int, int]]]:
-        """The pool's labels, one image's scores against them, and each list's rows among them."""
+    def _pool_scores(self, features) -> Tuple[List[str], torch.Tensor, Dict[str, Tuple[int, int]], torch.Tensor]:
+        """The pool's labels, one image's scores against them, each list's rows among them, and their embeddings."""
         labels, matrix = self._index.rows(self._pool, self.clip.device)
         scores = (features.to(matrix.device, matrix.dtype) @ matrix.T).float().cpu()[0]
         spans, offset = {}, 0
         for (start, end), name in sorted((self._index.spans[n], n) for n in self._pool):
             spans[name] = (offset, offset + end - start)
             offset += end - start
-        return labels, scores, spans
+        return labels, scores, spans, matrix
 
     def _readings(self, features, keep: int = KEEP) -> Dict[str, Reading]:
-        reaches = {name: reach(features, self._index.basis(name)) for name in self._exhaustive}
-        return read(*self._pool_scores(features), scale=self.clip.logit_scale, keep=keep, reaches=reaches)
+        labels, scores, spans, embeddings = self._pool_scores(features)
+        return read(labels, scores, spans, self.clip.logit_scale, keep, embeddings, fitted=self._exhaustive)
 
     def _ranking(self, features, k: int = 64) -> List[Tuple[str, str]]:
         """The pool's ``k`` best labels for one image, each with the list it comes from."""
-        labels, scores, spans = self._pool_scores(features)
+        labels, scores, spans, _ = self._pool_scores(features)
         lists = sorted((start, name) for name, (start, end) in spans.items() if end > start)
         starts = [start for start, _ in lists]
         owner = lambda i: lists[bisect.bisect_right(starts, i) - 1][1]

@@ -1,11 +1,12 @@
 """Precise mode's rules on hand-made scores: chances and fits, picks, gaps, and how a prompt is put together."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
-from core.confidence import CALIBRATION, Calibration, choose, gaps, picks, reach, read, span_basis
+from core.confidence import CALIBRATION, Calibration, choose, gaps, picks, read
 from core.errors import InterrogatorError
 
 LABELS = ["circle", "square", "star", "red", "blue", "green", "masterpiece", "8k", "hd"]
@@ -14,8 +15,11 @@ CAL = Calibration(pick=0.6, second=0.4, gap=0.5, crop=0.8)
 
 
 def readings(scores, scale=10.0):
-    # a reach of 1: the image lies wholly in the lists' span, so a fit is the best term's plain cosine
-    return read(LABELS, torch.tensor(scores), SPANS, scale=scale, reaches={"object": 1.0, "color": 1.0})
+    return read(LABELS, torch.tensor(scores), SPANS, scale=scale)
+
+
+def with_fit(readings, **fits):
+    return {name: replace(reading, fit=fits.get(name)) for name, reading in readings.items()}
 
 
 def test_a_chance_is_the_softmax_over_the_list_at_the_models_temperature():
@@ -32,33 +36,41 @@ def test_a_chance_is_the_softmax_over_the_list_at_the_models_temperature():
 TERMS = torch.eye(5)[:3]  # a list of three terms, orthogonal; the two other axes are the picture's other attributes
 
 
-def fit(image, terms=TERMS):
+def fit(image, terms=TERMS, dtype=torch.float32):
     image = torch.tensor(image, dtype=torch.float32)
     image = image / image.norm()
     labels = [str(i) for i in range(len(terms))]
-    scores = terms @ image
-    reaches = {"list": reach(image, span_basis(terms))}
-    return read(labels, scores, {"list": (0, len(terms))}, scale=100.0, reaches=reaches)["list"].fit
+    scores = (terms.to(dtype) @ image.to(dtype)).float()
+    return read(labels, scores, {"list": (0, len(terms))}, scale=100.0, embeddings=terms.to(dtype),
+                fitted=["list"])["list"].fit
 
 
-def test_fit_is_the_cosine_between_the_best_term_and_the_image_seen_within_the_lists_span():
+def test_fit_is_the_cosine_between_the_best_term_and_the_image_seen_within_the_terms_span():
     assert fit([0.6, 0.0, 0.0, 0.8, 0.0]) == pytest.approx(1.0)  # points at a term
     assert fit([0.4, 0.4, 0.0, 0.8, 0.0]) == pytest.approx(0.5 ** 0.5)  # halfway between two: a value it lacks
     assert fit([0.3, 0.3, 0.3, 0.0, 0.8]) == pytest.approx(3 ** -0.5)  # equally near all three
     # how much of the picture the other attributes take changes the cosines, not the fit
     for other in (0.1, 1.0, 5.0):
         assert fit([0.4, 0.4, 0.0, other, other]) == pytest.approx(0.5 ** 0.5)
-    assert fit([0.0, 0.0, 0.0, 0.6, 0.8]) == 0.0  # nothing of the picture lies in the list's span
+    assert fit([0.0, 0.0, 0.0, 0.6, 0.8]) == 0.0  # nothing of the picture lies in the terms' span
 
 
-def test_a_list_spans_what_its_terms_span():
-    repeated = torch.cat([TERMS, TERMS[:1], TERMS[:2].sum(0, keepdim=True) / 2 ** 0.5])
-    assert span_basis(repeated).shape == (3, 5)  # repeated and combined terms add no direction
-    assert fit([0.4, 0.4, 0.0, 0.8, 0.0], repeated) == pytest.approx(1.0)  # the combined term fits exactly
-    # more terms than dimensions span every direction: the fit is the best term's plain cosine
-    many = torch.nn.functional.normalize(torch.randn(12, 5, generator=torch.Generator().manual_seed(0)), dim=-1)
-    image = torch.tensor([0.4, 0.4, 0.0, 0.8, 0.0]) / 0.96 ** 0.5
-    assert fit(image.tolist(), many) == pytest.approx(float((many @ image).max()), rel=1e-5)
+def test_a_fit_is_measured_among_the_best_three_terms_whatever_the_lists_length():
+    image = [0.5, 0.3, 0.0, 0.8, 0.0]
+    expected = 0.5 / (0.5 ** 2 + 0.3 ** 2) ** 0.5
+    assert fit(image) == pytest.approx(expected)
+    # a term far from the picture leaves it as it is, though it would bring the other attributes into a whole
+    # list's span
+    longer = torch.cat([TERMS, -torch.eye(5)[3:4]])
+    assert fit(image, longer) == pytest.approx(expected)
+    # a repeated term adds no direction
+    repeated = torch.stack([TERMS[0], TERMS[0], TERMS[1], TERMS[2]])
+    assert fit(image, repeated) == pytest.approx(expected)
+    # two nearly identical terms (cosine 0.99995) span one direction: their tiny difference is no direction of its
+    # own, which would take in whatever of the picture lies along it
+    twins = torch.nn.functional.normalize(torch.stack([TERMS[0], TERMS[0] + 1e-2 * TERMS[1], TERMS[2]]), dim=-1)
+    assert fit(image, twins) == pytest.approx(1.0, abs=0.01)
+    assert fit(image, twins, torch.float16) == pytest.approx(1.0, abs=0.01)  # as the GPU scores them
 
 
 def test_a_term_is_picked_only_when_clip_is_sure_of_it():
@@ -72,13 +84,13 @@ def test_a_term_is_picked_only_when_clip_is_sure_of_it():
 
 
 def test_an_exhaustive_list_whose_best_term_fits_poorly_is_a_gap():
-    weak_objects = readings([0.31, 0.3, 0.29, 0.9, 0.2, 0.1, 0.3, 0.31, 0.29])
+    weak_objects = with_fit(readings([0.31, 0.3, 0.29, 0.9, 0.2, 0.1, 0.3, 0.31, 0.29]), object=0.4, color=0.9)
     assert gaps(weak_objects, ["object", "color"], CAL) == ["object"]
     assert gaps(weak_objects, ["color"], CAL) == []  # only exhaustive lists are checked
 
 
 def test_choose_builds_the_prompt_list_by_list():
-    whole = readings([0.31, 0.305, 0.1, 0.9, 0.2, 0.1, 0.5, 0.49, 0.1])
+    whole = with_fit(readings([0.31, 0.305, 0.1, 0.9, 0.2, 0.1, 0.5, 0.49, 0.1]), object=0.4, color=0.9)
     ranking = [("masterpiece", "noise"), ("circle", "object"), ("red", "color"), ("8k", "noise")]
     verdict = choose(whole, ranking, CAL, exhaustive=["object"])
     # color is confident; object is a gap, so it is never filled; the fill adds noise, then stops at "red"

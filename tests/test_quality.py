@@ -177,7 +177,7 @@ def test_gap_ceiling_compares_a_detector_shown_the_answers_with_precise_modes_fi
     assert result.returncode == 0, result.stdout + result.stderr
     head, rows = _table(result.stdout)
     assert head[3:] == sorted(v for values in world.GAP.values() for v in values)
-    assert set(rows) == {"trained with the answers (all term scores)", "precise mode's fit (core/calibration.json)"}
+    assert set(rows) == {"trained with the answers (all term scores)", "precise mode's fit, naming the missing list"}
     for row in rows.values():
         assert all(0 <= int(row[column].rstrip("%")) <= 100 for column in head[1:])
     assert rows["trained with the answers (all term scores)"]["false alarms"] == "10%"
