@@ -304,7 +304,8 @@ class AnalyzeImage:
     OUTPUT_IS_LIST = (True, True)
     OUTPUT_NODE = True
     OUTPUT_TOOLTIPS = ("Per image: the CLIP weights in use, then each term list's best terms with their CLIP scores, "
-                       "the chance CLIP gives the best term among its list, and the lists with no good term.",
+                       "the chance CLIP gives the best term among its list, for lists every image has a value of "
+                       "(mediums) how well that term fits the image (1: exactly), and the lists with no good term.",
                        'The scores as JSON: {"list": [{"term": ..., "score": ...}]}.')
     FUNCTION = "run"
     CATEGORY = CATEGORY
