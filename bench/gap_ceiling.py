@@ -14,7 +14,6 @@ method to ship.
 import argparse
 import os
 import sys
-import tempfile
 import warnings
 
 import numpy as np
@@ -26,8 +25,8 @@ sys.path.insert(0, HERE)
 
 import quality  # noqa: E402
 import quality_world as world  # noqa: E402
-from core import Interrogator, Settings, Vocabulary, load_clip  # noqa: E402
-from core.confidence import Calibration  # noqa: E402
+from core import Interrogator  # noqa: E402
+from core.confidence import CALIBRATION  # noqa: E402
 
 TRAIN_SEED = 2001  # neither training (1000), calibration (2000) nor evaluation (3000) pictures
 
@@ -66,15 +65,15 @@ def flagged(values: np.ndarray, is_gap: np.ndarray, false_alarms: float) -> np.n
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=quality.MODEL, help="CLIP weights (.safetensors with its .json config)")
+    parser.add_argument("--calibration", default=CALIBRATION, help="precise mode's thresholds")
     parser.add_argument("--train", type=int, default=2000, help="training pictures of each kind")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1, help="1: the same numbers on every run")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    clip = load_clip(weights=quality.MODEL)
-    vocab = Vocabulary.from_folder(world.write_vocab(tempfile.mkdtemp(prefix="quality-vocab-")))
-    engine = Interrogator(clip, None, vocab, cache_dir=None, settings=Settings(), calibration=Calibration.load())
+    _, _, engine = quality.load(args)
     scores, is_gap, _, _ = pictures(engine, TRAIN_SEED, args.train, 0, args.train)
     detector = train(scores, is_gap, args.epochs)
     scores, is_gap, missing, examples = pictures(engine, quality.EVAL_SEED, 200, 60, 60)

@@ -304,12 +304,11 @@ class Interrogator:
         sim = self._similarities(features, [head])[0] if head else 0.0
         return self._chain(features, flavors, head, sim, 0, max_terms, "Style chain", progress)
 
-    def _precise(self, features, caption: str, max_terms: int, progress=None, crops=None, readings=None) -> str:
+    def _precise(self, features, caption: str, max_terms: int, progress=None, crops=None, *, readings) -> str:
         """Each list's term CLIP is confident of, list by list (see ``confidence.choose``); a list with no good
-        term stays out of the prompt. ``readings``: the image's, when the caller has them already."""
+        term stays out of the prompt. ``readings``: the image's, which its gap report comes from too."""
         crop_readings = [self._readings(crops[i:i + 1]) for i in range(len(crops))] if crops is not None else []
-        whole = readings if readings is not None else self._readings(features)
-        verdict = choose(whole, self._ranking(features), self.calibration, self._exhaustive, crop_readings)
+        verdict = choose(readings, self._ranking(features), self.calibration, self._exhaustive, crop_readings)
         terms = verdict.terms[:max_terms]
         return self._fit(", ".join([caption, *terms]) if caption else ", ".join(terms))
 
